@@ -1,0 +1,30 @@
+"""Deterministic identifiers.
+
+Ids are derived, not random, wherever a stage may run twice for the same input
+(at-least-once): a replayed request yields the same notification ids, a replayed status
+yields the same event id, so every downstream effect can be made idempotent.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+_NAMESPACE = uuid.UUID("8f6f3f0e-6f43-4c1c-9a53-1c2f8f1f6a10")
+
+
+def request_id_from_position(topic: str, partition: int, offset: int) -> str:
+    """For requests produced without a request_id: stable under replay of the topic."""
+    return str(uuid.uuid5(_NAMESPACE, f"pos:{topic}:{partition}:{offset}"))
+
+
+def notification_id(request_id: str, user_id: str, channel: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"ntf:{request_id}:{user_id}:{channel}"))
+
+
+def status_event_id(notification_id: str, status: str, attempt: int = 0) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"evt:{notification_id}:{status}:{attempt}"))
+
+
+def recipient_key(tenant_id: str, user_id: str) -> str:
+    """The key of every topic co-partitioned by recipient."""
+    return f"{tenant_id}:{user_id}"

@@ -1,0 +1,63 @@
+"""One Settings object for every process (workers, sink, shim), read from the environment.
+
+Every variable is documented in README.md and `.env.example`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    schema_registry_url: str | None = None
+    # Prepended to every topic name and to the app id: lets tests run isolated pipelines
+    # on one broker, and lets several environments share a cluster.
+    topic_prefix: str = ""
+    app_id: str = "notifications"
+
+    # Faust worker
+    worker_web_port: int = 6066
+    metrics_port: int | None = None
+    idempotency_ttl_seconds: int = 24 * 3600
+    delivered_ttl_seconds: int = 7 * 24 * 3600
+
+    # Sink and read model
+    database_url: str = "sqlite:///var/notifications.db"
+    sink_batch_size: int = 500
+    sink_flush_seconds: float = 0.5
+
+    # SMTP provider
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_start_tls: bool = False
+    smtp_use_tls: bool = False
+    smtp_timeout_seconds: float = 10.0
+    smtp_from: str = "notifications@example.com"
+
+    # HTTP shim: API key -> tenant id. A JSON object in the environment.
+    shim_api_keys: dict[str, str] = Field(default_factory=lambda: {"demo-key": "demo"})
+    shim_produce_timeout_seconds: float = 10.0
+
+    log_level: str = "INFO"
+
+    def topic(self, name: str) -> str:
+        """The physical topic name for a logical name from topics.yaml."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def full_app_id(self) -> str:
+        return f"{self.topic_prefix}{self.app_id}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
