@@ -1,0 +1,197 @@
+"""The sink's consume loop: poll a batch, write it in one transaction, then commit offsets.
+
+At-least-once: offsets are committed only after the database transaction commits, and every
+write is idempotent (see writer.py), so a crash between the two only replays a batch.
+
+Failures, and what happens to the partition:
+- a message that does not decode (or carries an unknown status) is logged with its topic
+  position, counted, and skipped: it cannot come from the pipeline, whose own dead-letter
+  topic sits upstream;
+- a database that is unreachable (or any error that is not about one row) stops the loop on
+  that batch, retried with backoff until it is written or the runner is stopped;
+- a row the database rejects (DataError / IntegrityError) is isolated by writing the batch
+  one record at a time; the rejected record is logged, counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError
+
+from connectors.postgres_sink import metrics
+from connectors.postgres_sink.writer import Batch, Record, write_batch
+from connectors.read_model import create_tables, make_engine
+from schemas import DecodeError, SchemaCatalog, build_codec
+from streams.catalog import TopicCatalog
+from streams.kafka_clients import consumer_config
+from streams.lifecycle import rank
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+class Decoder(Protocol):
+    def decode(self, data: bytes, schema_name: str) -> dict[str, Any]: ...
+
+
+def _default_codec(settings: Settings) -> Decoder:
+    codec: Decoder = build_codec(settings.schema_registry_url, SchemaCatalog.load())
+    return codec
+
+
+class SinkRunner:
+    """Consumes notifications.status and notifications.inbox into the read model.
+
+    `run(stop)` blocks until `stop` is set (tests run it in a thread); the current batch is
+    finished and committed before the consumer closes.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        codec: Decoder | None = None,
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        catalog = TopicCatalog.load(settings)
+        self.status_topic = catalog.name("notifications.status")
+        self.inbox_topic = catalog.name("notifications.inbox")
+        self.group_id = group_id or f"{settings.full_app_id}-postgres-sink"
+        self._engine = engine
+        self._codec = codec
+        self.assigned = threading.Event()  # set once the group has given us partitions
+
+    def run(self, stop: threading.Event) -> None:
+        engine = self._engine or make_engine(self.settings.database_url)
+        codec = self._codec or _default_codec(self.settings)
+        create_tables(engine)
+        consumer = Consumer(consumer_config(self.settings, self.group_id))
+        consumer.subscribe(
+            [self.status_topic, self.inbox_topic], on_assign=lambda *_: self.assigned.set()
+        )
+        log.info("sink consuming %s, %s as %s", self.status_topic, self.inbox_topic, self.group_id)
+        try:
+            while not stop.is_set():
+                messages = consumer.consume(
+                    num_messages=self.settings.sink_batch_size,
+                    timeout=self.settings.sink_flush_seconds,
+                )
+                if messages:
+                    self._handle(consumer, engine, codec, messages, stop)
+        finally:
+            consumer.close()
+            if self._engine is None:
+                engine.dispose()
+            log.info("sink stopped")
+
+    def _handle(
+        self,
+        consumer: Consumer,
+        engine: Engine,
+        codec: Decoder,
+        messages: list[Message],
+        stop: threading.Event,
+    ) -> None:
+        batch = Batch(statuses=[], inbox_messages=[])
+        next_offsets: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None
+            next_offsets[(topic, partition)] = offset + 1
+            self._add(batch, codec, msg, topic, partition, offset)
+        if batch.records() and not self._write(engine, batch, stop):
+            return  # stopped before the batch was written: the next owner replays it
+        self._commit(consumer, next_offsets)
+        metrics.WRITTEN.labels(self.status_topic).inc(len(batch.statuses))
+        metrics.WRITTEN.labels(self.inbox_topic).inc(len(batch.inbox_messages))
+
+    def _add(
+        self, batch: Batch, codec: Decoder, msg: Message, topic: str, partition: int, offset: int
+    ) -> None:
+        value = msg.value()
+        try:
+            if value is None:
+                raise ValueError("message has no value")
+            if topic == self.status_topic:
+                event = codec.decode(value, "StatusEvent")
+                rank(event["status"], event["retriable"])  # an unknown status is invalid
+                batch.statuses.append(Record(event, topic, partition, offset))
+            else:
+                message = codec.decode(value, "InAppMessage")
+                batch.inbox_messages.append(Record(message, topic, partition, offset))
+        except (DecodeError, ValueError, KeyError) as exc:
+            metrics.SKIPPED.labels(topic, "undecodable").inc()
+            log.error(
+                "skipping undecodable message at %s[%d]@%d: %s: %s",
+                topic,
+                partition,
+                offset,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _write(self, engine: Engine, batch: Batch, stop: threading.Event) -> bool:
+        """Write the batch, retrying until it is written (True) or `stop` is set (False)."""
+        backoff = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                write_batch(engine, batch)
+            except (DataError, IntegrityError) as exc:
+                log.warning("batch rejected (%s); writing its records one by one", exc.orig)
+                self._write_one_by_one(engine, batch)
+                return True
+            except Exception as exc:
+                metrics.WRITE_FAILURES.inc()
+                log.error(
+                    "writing a batch of %d failed, retrying in %.1fs: %s",
+                    len(batch.records()),
+                    backoff,
+                    exc,
+                )
+                if stop.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                continue
+            metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+            return True
+
+    def _write_one_by_one(self, engine: Engine, batch: Batch) -> None:
+        for record in batch.records():
+            is_status = record.topic == self.status_topic
+            single = Batch([record], []) if is_status else Batch([], [record])
+            try:
+                write_batch(engine, single)
+            except (DataError, IntegrityError) as exc:
+                metrics.SKIPPED.labels(record.topic, "rejected").inc()
+                log.error(
+                    "skipping a record the database rejected at %s: %s", record.position(), exc.orig
+                )
+
+    def _commit(self, consumer: Consumer, next_offsets: dict[tuple[str, int], int]) -> None:
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Typically a rebalance took the partitions away; the new owner replays the
+            # batch, which changes nothing.
+            log.warning("offset commit failed: %s", exc)
