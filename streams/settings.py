@@ -23,10 +23,14 @@ class Settings(BaseSettings):
     app_id: str = "notifications"
 
     # Faust worker
-    worker_web_port: int = 6066
+    # Faust's own web server (its /metrics-free status pages); off unless a port is given.
+    worker_web_port: int | None = None
     metrics_port: int | None = None
     idempotency_ttl_seconds: int = 24 * 3600
     delivered_ttl_seconds: int = 7 * 24 * 3600
+    # Inline retries of a transient provider failure before the message is dead-lettered.
+    deliver_max_attempts: int = 3
+    deliver_backoff_seconds: float = 0.5
 
     # Sink and read model
     database_url: str = "sqlite:///var/notifications.db"

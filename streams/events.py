@@ -1,0 +1,135 @@
+"""What every stage does besides its own job: decode, emit status, dead-letter, trace."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from faust.types import EventT
+
+from schemas import SchemaError
+from streams import metrics, tracing
+from streams.app import codec, topics
+from streams.ids import status_event_id
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Rejected(Exception):
+    """A message that decodes but cannot be processed; it goes to the dead-letter topic."""
+
+
+def decode(event: EventT, schema_name: str) -> dict[str, Any]:
+    """Decode a raw event value; raises SchemaError for bytes no schema can read."""
+    value = event.value
+    if not isinstance(value, bytes | bytearray):
+        raise Rejected(f"expected Avro bytes, got {type(value).__name__}")
+    return codec.decode(bytes(value), schema_name)
+
+
+def outgoing_headers(event: EventT) -> dict[str, bytes]:
+    """Headers to put on messages produced while processing `event` (trace context)."""
+    return tracing.child_headers(event.headers)
+
+
+async def emit_status(
+    notification: dict[str, Any],
+    status: str,
+    *,
+    stage: str,
+    headers: dict[str, bytes],
+    reason: str | None = None,
+    retriable: bool = False,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    deferred_until: int | None = None,
+) -> None:
+    """Append one transition to notifications.status, keyed by notification id."""
+    attempt = notification.get("attempt", 0)
+    record = {
+        "event_id": status_event_id(notification["notification_id"], status, attempt),
+        "notification_id": notification["notification_id"],
+        "request_id": notification["request_id"],
+        "tenant_id": notification["tenant_id"],
+        "batch_id": notification.get("batch_id"),
+        "channel": notification.get("channel"),
+        "recipient_id": (notification.get("recipient") or {}).get("user_id"),
+        "status": status,
+        "reason": reason,
+        "retriable": retriable,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "stage": stage,
+        "attempt": attempt,
+        "deferred_until": deferred_until,
+        "request_occurred_at": notification["occurred_at"],
+        "occurred_at": now_ms(),
+    }
+    metrics.status_emitted(stage, status)
+    await topics.sink("notifications.status").send(
+        key=notification["notification_id"], value=record, headers=headers
+    )
+
+
+async def dead_letter(
+    event: EventT,
+    *,
+    stage: str,
+    error: BaseException,
+    tenant_id: str | None = None,
+    notification_id: str | None = None,
+) -> None:
+    """Park a message with its error; the partition moves on."""
+    message = event.message
+    log.warning(
+        "dead-lettering %s[%s]@%s in %s: %s",
+        message.topic, message.partition, message.offset, stage, error,
+        extra={"tenant_id": tenant_id, "notification_id": notification_id},
+    )
+    raw_key = message.key
+    record = {
+        "stage": stage,
+        "source_topic": message.topic,
+        "source_partition": message.partition,
+        "source_offset": message.offset,
+        "key": raw_key if isinstance(raw_key, bytes) else None,
+        "value": message.value if isinstance(message.value, bytes) else None,
+        "error_type": type(error).__name__,
+        "error": str(error)[:4000],
+        "tenant_id": tenant_id,
+        "notification_id": notification_id,
+        "failed_at": now_ms(),
+    }
+    metrics.dead_lettered(stage, type(error).__name__)
+    await topics.sink("notifications.dead-letter").send(
+        key=event.key if isinstance(event.key, str) else None,
+        value=record,
+        headers=outgoing_headers(event),
+    )
+
+
+
+
+async def guarded(stage: str, event: EventT, handler: Any) -> None:
+    """Run a stage's handler; an unexpected error dead-letters the message, never the agent.
+
+    The handlers catch what they expect (decode and validation errors). Anything else is
+    a bug or a malformed message no rule foresaw: park it with its traceback's message so
+    the partition keeps moving and an operator can replay it after a fix.
+    """
+    try:
+        await handler(event)
+    except Exception as exc:
+        log.exception("unexpected error in %s", stage)
+        await dead_letter(event, stage=stage, error=exc)
+
+
+__all__ = [
+    "Rejected", "SchemaError", "dead_letter", "decode", "emit_status", "guarded", "now_ms",
+    "outgoing_headers",
+]

@@ -1,0 +1,40 @@
+"""Prometheus metrics for the stages (exposed when METRICS_PORT is set)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+
+PROCESSED = Counter(
+    "notifications_stage_messages_total",
+    "Messages a stage finished processing, by outcome.",
+    ["stage", "outcome"],
+)
+STATUS = Counter(
+    "notifications_status_events_total", "Status events emitted.", ["stage", "status"]
+)
+DEAD_LETTERS = Counter(
+    "notifications_dead_letters_total", "Messages sent to the dead-letter topic.",
+    ["stage", "error_type"],
+)
+LATENCY = Histogram(
+    "notifications_stage_latency_seconds",
+    "Time from the request's occurred_at to the end of each stage.",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def processed(stage: str, outcome: str, occurred_at_ms: int | None = None) -> None:
+    PROCESSED.labels(stage, outcome).inc()
+    if occurred_at_ms is not None:
+        LATENCY.labels(stage).observe(max(0.0, time.time() - occurred_at_ms / 1000))
+
+
+def status_emitted(stage: str, status: str) -> None:
+    STATUS.labels(stage, status).inc()
+
+
+def dead_lettered(stage: str, error_type: str) -> None:
+    DEAD_LETTERS.labels(stage, error_type).inc()

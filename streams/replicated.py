@@ -1,0 +1,90 @@
+"""A read-only, in-process copy of a whole compacted topic (every partition).
+
+Used for configuration that every worker needs whatever partitions it owns (templates).
+Faust's GlobalTable would do this, but has a history of missing updates and hanging
+recovery with several workers (faust issues #212, #541, #716); a plain consumer with no
+group, assigned to every partition, is small enough to own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[bytes], dict[str, Any]]
+
+
+class ReplicatedView:
+    def __init__(self, bootstrap: str, topic: str, decode: Decode) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._decode = decode
+        self._data: dict[str, dict[str, Any]] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._data.get(key)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            await consumer.topics()  # loads cluster metadata
+            partitions = consumer.partitions_for_topic(self._topic)
+            if not partitions:
+                raise RuntimeError(f"topic {self._topic} is missing; run python -m streams.provision")
+            tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            pending = {tp for tp in tps if end[tp] > 0}
+            if not pending:
+                self._ready.set()
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        self._apply(record.key, record.value)
+                for tp in list(pending):
+                    # Position, not the last offset seen: compaction leaves gaps.
+                    if await consumer.position(tp) >= end[tp]:
+                        pending.discard(tp)
+                if not self._ready.is_set() and not pending:
+                    log.info("%s: replicated %d entries", self._topic, len(self._data))
+                    self._ready.set()
+        finally:
+            await consumer.stop()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        text_key = key.decode("utf-8", errors="replace")
+        if value is None:
+            self._data.pop(text_key, None)
+            return
+        try:
+            self._data[text_key] = self._decode(value)
+        except Exception:
+            log.exception("%s: skipping undecodable entry %r", self._topic, text_key)

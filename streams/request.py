@@ -1,0 +1,154 @@
+"""Stage 1, request: validate, assign ids, drop duplicates, fan out recipient x channel.
+
+notifications.requests (NotificationRequest) -> notifications.accepted (Notification)
+Status: accepted | duplicate | failed (invalid request).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from faust.types import EventT, StreamT
+
+from schemas import SchemaError
+from streams import metrics
+from streams.app import app, settings, table, topics
+from streams.events import (
+    Rejected,
+    dead_letter,
+    decode,
+    emit_status,
+    guarded,
+    now_ms,
+    outgoing_headers,
+)
+from streams.expiry import Sweeper, is_live
+from streams.ids import notification_id, recipient_key, request_id_from_position
+
+STAGE = "request"
+MAX_FAN_OUT = 10_000
+
+# tenant_id:idempotency_key -> {"request_id", "at", "partition"}
+idempotency_keys = table("idempotency")
+_ttl_ms = settings.idempotency_ttl_seconds * 1000
+_sweeper = Sweeper(idempotency_keys, _ttl_ms)
+
+
+def validate(request: dict[str, Any]) -> None:
+    """Checks beyond what the Avro schema enforces. Raises Rejected naming the field."""
+    if not request["tenant_id"].strip():
+        raise Rejected("tenant_id: must not be empty")
+    if not request["recipients"]:
+        raise Rejected("recipients: at least one recipient is required")
+    for index, recipient in enumerate(request["recipients"]):
+        if not recipient["user_id"].strip():
+            raise Rejected(f"recipients[{index}].user_id: must not be empty")
+    if not request["channels"]:
+        raise Rejected("channels: at least one channel is required")
+    content = request.get("content") or {}
+    if not request.get("template_id") and not any(content.values()):
+        raise Rejected("template_id or content: one of them is required")
+    try:
+        data = json.loads(request["data_json"])
+    except ValueError as exc:
+        raise Rejected(f"data_json: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise Rejected("data_json: must be a JSON object")
+    if len(request["recipients"]) * len(request["channels"]) > MAX_FAN_OUT:
+        raise Rejected(f"recipients x channels: more than {MAX_FAN_OUT} notifications")
+
+
+def fan_out(request: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
+    """One in-flight Notification per distinct recipient x channel, with derived ids."""
+    seen: set[tuple[str, str]] = set()
+    notifications = []
+    for recipient in request["recipients"]:
+        for channel in request["channels"]:
+            if not recipient["user_id"] or (recipient["user_id"], channel) in seen:
+                continue
+            seen.add((recipient["user_id"], channel))
+            notifications.append(
+                {
+                    "notification_id": notification_id(request_id, recipient["user_id"], channel),
+                    "request_id": request_id,
+                    "tenant_id": request["tenant_id"],
+                    "batch_id": request.get("batch_id"),
+                    "occurred_at": request["occurred_at"],
+                    "channel": channel,
+                    "recipient": recipient,
+                    "template_id": request.get("template_id"),
+                    "content": request.get("content"),
+                    "data_json": request["data_json"],
+                    "priority": request.get("priority", "normal"),
+                    "metadata": request.get("metadata") or {},
+                }
+            )
+    return notifications
+
+
+def claim_idempotency_key(request: dict[str, Any], request_id: str, partition: int) -> str | None:
+    """Record the key for this request; return the earlier request's id if it is a duplicate.
+
+    The same request replayed (same request_id) is not a duplicate: at-least-once
+    processing may see it twice, and must then produce the same output again.
+    """
+    key = request.get("idempotency_key")
+    if not key:
+        return None
+    table_key = f"{request['tenant_id']}:{key}"
+    now = now_ms()
+    entry = idempotency_keys.get(table_key)
+    if is_live(entry, now, _ttl_ms) and entry["request_id"] != request_id:
+        return str(entry["request_id"])
+    if entry is None or entry["request_id"] != request_id:
+        idempotency_keys[table_key] = {"request_id": request_id, "at": now, "partition": partition}
+    return None
+
+
+async def handle(event: EventT) -> None:
+    headers = outgoing_headers(event)
+    try:
+        request = decode(event, "NotificationRequest")
+    except (SchemaError, Rejected) as exc:
+        await dead_letter(event, stage=STAGE, error=exc)
+        return
+    message = event.message
+    request_id = request.get("request_id") or request_id_from_position(
+        message.topic, message.partition, message.offset
+    )
+    try:
+        validate(request)
+    except Rejected as exc:
+        await dead_letter(event, stage=STAGE, error=exc, tenant_id=request["tenant_id"])
+        # Where ids can be derived, the caller can see why nothing was sent.
+        for notification in fan_out(request, request_id):
+            await emit_status(
+                notification, "failed", stage=STAGE, headers=headers, reason=str(exc)
+            )
+        return
+
+    notifications = fan_out(request, request_id)
+    earlier = claim_idempotency_key(request, request_id, message.partition)
+    _sweeper.maybe_sweep(message.partition, now_ms())
+    if earlier is not None:
+        for notification in notifications:
+            await emit_status(
+                notification, "duplicate", stage=STAGE, headers=headers,
+                reason=f"idempotency key already used by request {earlier}",
+            )
+        metrics.processed(STAGE, "duplicate", request["occurred_at"])
+        return
+
+    accepted = topics.sink("notifications.accepted")
+    for notification in notifications:
+        await emit_status(notification, "accepted", stage=STAGE, headers=headers)
+        key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
+        await accepted.send(key=key, value=notification, headers=headers)
+    metrics.processed(STAGE, "accepted", request["occurred_at"])
+
+
+@app.agent(topics.source("notifications.requests"), concurrency=1)
+async def process_requests(stream: StreamT) -> None:
+    async for event in stream.events():
+        await guarded(STAGE, event, handle)

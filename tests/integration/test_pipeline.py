@@ -1,0 +1,259 @@
+"""End to end on the real broker: shim and upstream producers -> SMTP, in-app and Postgres."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Producer
+
+from streams.ids import notification_id
+from tests.integration.conftest import now_ms
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.smtp import SmtpCapture
+
+pytestmark = pytest.mark.integration
+
+HEADERS = {"X-API-Key": "key-acme"}
+CONTENT = {
+    "subject": "Order {{ order_id }} confirmed",
+    "text": "Hello {{ name }}, your order {{ order_id }} is on its way.",
+    "html": "<p>Hello {{ name }}, order <b>{{ order_id }}</b></p>",
+}
+
+
+def shim_body(user: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "recipients": [{"user_id": user, "email": f"{user}@example.test"}],
+        "channels": ["email"],
+        "content": CONTENT,
+        "data": {"name": user.upper(), "order_id": f"o-{user}"},
+        **extra,
+    }
+
+
+def request_record(user: str, **extra: Any) -> dict[str, Any]:
+    """A NotificationRequest as an upstream service would publish it."""
+    return {
+        "request_id": str(uuid.uuid4()),
+        "tenant_id": "acme",
+        "idempotency_key": None,
+        "batch_id": None,
+        "occurred_at": now_ms(),
+        "channels": ["email"],
+        "recipients": [{"user_id": user, "email": f"{user}@example.test",
+                        "phone": None, "locale": None, "timezone": None}],
+        "template_id": None,
+        "content": CONTENT,
+        "data_json": json.dumps({"name": user.upper(), "order_id": f"o-{user}"}),
+        "priority": "normal",
+        "metadata": {},
+        **extra,
+    }
+
+
+def sink_states(pipeline: Pipeline, ids: list[str]) -> dict[str, str]:
+    engine = sa.create_engine(pipeline.settings.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT notification_id, status FROM notifications "
+                        "WHERE notification_id = ANY(:ids)"),
+                {"ids": ids},
+            ).all()
+        return {row[0]: row[1] for row in rows}
+    finally:
+        engine.dispose()
+
+
+def test_shim_and_upstream_notifications_arrive_once_rendered_and_reach_sent(
+    pipeline: Pipeline, smtp: SmtpCapture, kafka_bootstrap: str
+) -> None:
+    expected: dict[str, str] = {}  # notification id -> user
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        for i in range(200):
+            user = f"shim{i}"
+            response = client.post("/api/v1/notifications", json=shim_body(user))
+            assert response.status_code == 202, response.text
+            [item] = response.json()["notifications"]
+            expected[item["notification_id"]] = user
+
+    # An upstream service: a plain confluent-kafka producer with its default settings.
+    upstream = Producer({"bootstrap.servers": kafka_bootstrap})
+    topic = pipeline.topics.name("notifications.requests")
+    for i in range(200):
+        user = f"up{i}"
+        record = request_record(user)
+        upstream.produce(topic, key=f"acme:{user}",
+                         value=pipeline.codec.encode("NotificationRequest", record))
+        expected[notification_id(record["request_id"], user, "email")] = user
+    assert upstream.flush(30) == 0
+
+    smtp.wait_for(400, timeout=180)
+    time.sleep(1)  # a duplicate would arrive right behind
+    received = smtp.by_notification_id()
+    ours = {nid: msgs for nid, msgs in received.items() if nid in expected}
+    assert len(ours) == 400, f"{400 - len(ours)} notifications never reached SMTP"
+    duplicates = {nid: len(msgs) for nid, msgs in ours.items() if len(msgs) != 1}
+    assert not duplicates, f"sent more than once: {duplicates}"
+    for nid, [message] in ours.items():
+        user = expected[nid]
+        assert message["To"] == f"{user}@example.test"
+        assert message["Subject"] == f"Order o-{user} confirmed"
+        text = message.get_body(preferencelist=("plain",)).get_content()
+        assert f"Hello {user.upper()}, your order o-{user} is on its way." in text
+        html = message.get_body(preferencelist=("html",)).get_content()
+        assert f"<b>o-{user}</b>" in html
+
+    ids = list(expected)
+    wait_until(lambda: set(sink_states(pipeline, ids).values()) == {"sent"}
+               and len(sink_states(pipeline, ids)) == 400,
+               60, "the Postgres sink to show all 400 as sent")
+
+
+def test_opted_out_recipient_is_suppressed_and_never_sent(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    prefs = {"tenant_id": "acme", "user_id": "quiet", "opted_out": True, "channels": {},
+             "updated_at": now_ms()}
+    no_email = {"tenant_id": "acme", "user_id": "noemail", "opted_out": False,
+                "channels": {"email": False}, "updated_at": now_ms()}
+    pipeline.produce_record("users.preferences", "acme:quiet", prefs)
+    pipeline.produce_record("users.preferences", "acme:noemail", no_email)
+    pipeline.flush()
+    time.sleep(2)  # a stream-table join sees preferences once the worker has read them
+
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        ids = {}
+        for user in ("quiet", "noemail", "chatty"):
+            response = client.post("/api/v1/notifications", json=shim_body(user))
+            assert response.status_code == 202, response.text
+            ids[user] = response.json()["notifications"][0]["notification_id"]
+
+    pipeline.wait_for_status([ids["chatty"]], {"sent"})
+    pipeline.wait_for_status([ids["quiet"], ids["noemail"]], {"suppressed"})
+    reasons = {
+        user: [e["reason"] for e in pipeline.statuses[nid] if e["status"] == "suppressed"]
+        for user, nid in ids.items() if user != "chatty"
+    }
+    assert reasons == {
+        "quiet": ["recipient opted out of all notifications"],
+        "noemail": ["recipient disabled the email channel"],
+    }
+    sent = smtp.by_notification_id()
+    assert ids["quiet"] not in sent and ids["noemail"] not in sent
+    assert len(sent[ids["chatty"]]) == 1
+    for user in ("quiet", "noemail"):
+        assert "sent" not in pipeline.latest(ids[user])
+
+
+def test_duplicate_idempotency_key_is_sent_once(pipeline: Pipeline, smtp: SmtpCapture) -> None:
+    key = f"order-{uuid.uuid4()}"
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        first, second = (
+            client.post("/api/v1/notifications", json=shim_body("dup"),
+                        headers={"Idempotency-Key": key})
+            for _ in range(2)
+        )
+    assert first.status_code == second.status_code == 202
+    first_id = first.json()["notifications"][0]["notification_id"]
+    second_id = second.json()["notifications"][0]["notification_id"]
+    assert first_id != second_id  # two requests; the stream recognises the second
+
+    pipeline.wait_for_status([first_id], {"sent"})
+    pipeline.wait_for_status([second_id], {"duplicate"})
+    sent = smtp.by_notification_id()
+    assert len(sent[first_id]) == 1
+    assert second_id not in sent
+    [duplicate] = [e for e in pipeline.statuses[second_id] if e["status"] == "duplicate"]
+    assert first.json()["request_id"] in duplicate["reason"]
+
+
+def test_malformed_request_is_dead_lettered_and_the_partition_moves_on(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    key = "acme:poisoned"  # the same key: the same partition, right behind the poison
+    pipeline.produce("notifications.requests", key, b"\xc3\x01not avro at all")
+    pipeline.produce("notifications.requests", key, b"{\"json\": \"is not avro\"}")
+    behind = request_record("poisoned")
+    pipeline.produce_record("notifications.requests", key, behind)
+    pipeline.flush()
+
+    nid = notification_id(behind["request_id"], "poisoned", "email")
+    pipeline.wait_for_status([nid], {"sent"})
+    assert len(smtp.by_notification_id()[nid]) == 1
+
+    def dead_letters() -> list[dict[str, Any]]:
+        records = [pipeline.codec.decode(m.value(), "DeadLetter")
+                   for m in pipeline.read_topic("notifications.dead-letter")]
+        return [r for r in records if r["stage"] == "request" and r["key"] == key.encode()]
+
+    letters = wait_until(lambda: len(dead_letters()) == 2 and dead_letters(), 30,
+                         "two dead letters")
+    assert {letter["value"] for letter in letters} == {
+        b"\xc3\x01not avro at all", b"{\"json\": \"is not avro\"}"
+    }
+    assert all(letter["error_type"] in {"CorruptMessageError", "UnknownSchemaError"}
+               for letter in letters), letters
+    assert all(letter["error"] for letter in letters)
+
+
+def test_invalid_request_gets_failed_status_with_the_reason(pipeline: Pipeline) -> None:
+    record = request_record("badjson", data_json="[1, 2]")
+    pipeline.produce_record("notifications.requests", "acme:badjson", record)
+    pipeline.flush()
+    nid = notification_id(record["request_id"], "badjson", "email")
+    pipeline.wait_for_status([nid], {"failed"})
+    [failed] = [e for e in pipeline.statuses[nid] if e["status"] == "failed"]
+    assert failed["reason"] == "data_json: must be a JSON object"
+    assert failed["retriable"] is False
+
+
+def test_template_error_fails_without_retry(pipeline: Pipeline, smtp: SmtpCapture) -> None:
+    record = request_record("tplerr", content={"subject": "Hi", "text": "Hello {{ missing }}",
+                                               "html": None})
+    pipeline.produce_record("notifications.requests", "acme:tplerr", record)
+    pipeline.flush()
+    nid = notification_id(record["request_id"], "tplerr", "email")
+    pipeline.wait_for_status([nid], {"failed"})
+    [failed] = [e for e in pipeline.statuses[nid] if e["status"] == "failed"]
+    assert failed["stage"] == "render" and "missing" in failed["reason"]
+    assert not failed["retriable"]
+    assert nid not in smtp.by_notification_id()
+
+
+def test_in_app_notification_lands_in_the_inbox(pipeline: Pipeline) -> None:
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        response = client.post("/api/v1/notifications", json={
+            "recipients": [{"user_id": "inboxer"}],
+            "channels": ["in_app"],
+            "content": {"subject": "Welcome {{ name }}", "text": "Glad you are here, {{ name }}."},
+            "data": {"name": "Ada"},
+        })
+    assert response.status_code == 202, response.text
+    nid = response.json()["notifications"][0]["notification_id"]
+    pipeline.wait_for_status([nid], {"delivered"})
+
+    engine = sa.create_engine(pipeline.settings.database_url)
+    try:
+        def inbox_row() -> Any:
+            with engine.connect() as conn:
+                return conn.execute(
+                    sa.text("SELECT user_id, title, body FROM inbox WHERE notification_id = :id"),
+                    {"id": nid},
+                ).first()
+
+        row = wait_until(inbox_row, 30, "the inbox row")
+        assert tuple(row) == ("inboxer", "Welcome Ada", "Glad you are here, Ada.")
+    finally:
+        engine.dispose()
+
+    with httpx.Client(base_url=pipeline.shim_url, timeout=30) as client:
+        mine = client.get(f"/api/v1/notifications/{nid}", headers=HEADERS)
+        theirs = client.get(f"/api/v1/notifications/{nid}", headers={"X-API-Key": "key-globex"})
+    assert mine.status_code == 200 and theirs.status_code == 404

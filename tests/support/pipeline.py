@@ -1,0 +1,226 @@
+"""An isolated pipeline on the real broker: uuid-prefixed topics, real worker processes.
+
+Each Pipeline provisions its own topics (TOPIC_PREFIX) and runs the real entry points as
+subprocesses: the Faust worker (`python -m streams worker`), the Postgres sink and, when
+asked, the HTTP shim. Tests talk to it only through Kafka, HTTP, SMTP and the database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from schemas import SchemaCatalog, build_codec
+from streams.catalog import TopicCatalog
+from streams.provision import provision
+from streams.settings import Settings
+from tests.support.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Process:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Pipeline:
+    def __init__(
+        self, *, bootstrap: str, database_url: str, smtp_port: int, log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.prefix = f"t{uuid.uuid4().hex[:8]}."
+        self.settings = Settings(
+            kafka_bootstrap_servers=bootstrap, topic_prefix=self.prefix, database_url=database_url
+        )
+        self.topics = TopicCatalog.load(self.settings)
+        self.schemas = SchemaCatalog.load()
+        self.codec = build_codec(None, self.schemas)
+        self.web_port = free_port()
+        self.shim_port = free_port()
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "TOPIC_PREFIX": self.prefix,
+            "DATABASE_URL": database_url,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp_port),
+            "WORKER_WEB_PORT": str(self.web_port),
+            "SHIM_API_KEYS": '{"key-acme": "acme", "key-globex": "globex"}',
+            "DELIVER_BACKOFF_SECONDS": "0.1",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.env.pop("SCHEMA_REGISTRY_URL", None)
+        self.worker = Process("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"],
+                              self.env, log_dir)
+        self.sink = Process("sink", [sys.executable, "-m", "connectors.postgres_sink"],
+                            self.env, log_dir)
+        self.shim = Process(
+            "shim",
+            [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--host", "127.0.0.1",
+             "--port", str(self.shim_port), "--log-level", "warning"],
+            self.env, log_dir,
+        )
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                  "partitioner": "murmur2_random", "linger.ms": 5})
+        self._status_consumer: Consumer | None = None
+        self.statuses: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def provision(self) -> None:
+        report = provision(self.settings)
+        assert not report.missing and not report.drift, report.lines()
+
+    def start(self, *, shim: bool = False) -> Pipeline:
+        self.provision()
+        self.worker.start()
+        self.sink.start()
+        if shim:
+            self.shim.start()
+            wait_until(self._shim_ready, 60, "the shim to answer /health")
+        return self
+
+    def stop(self) -> None:
+        for process in (self.shim, self.worker, self.sink):
+            process.stop()
+        if self._status_consumer is not None:
+            self._status_consumer.close()
+
+    def _shim_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.shim_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def shim_url(self) -> str:
+        return f"http://127.0.0.1:{self.shim_port}"
+
+    # -- producing ------------------------------------------------------------------------
+    def produce(self, logical_topic: str, key: str | None, value: bytes | None) -> None:
+        self.producer.produce(self.topics.name(logical_topic), key=key, value=value)
+
+    def produce_record(self, logical_topic: str, key: str | None, record: dict[str, Any]) -> None:
+        schema = self.topics[logical_topic].value_schema
+        assert schema is not None
+        self.produce(logical_topic, key, self.codec.encode(schema, record))
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0, "messages left unflushed"
+
+    # -- observing ------------------------------------------------------------------------
+    def poll_statuses(self) -> dict[str, list[dict[str, Any]]]:
+        """Read new status events into self.statuses (notification id -> events)."""
+        if self._status_consumer is None:
+            self._status_consumer = Consumer({
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": f"{self.prefix}test-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            })
+            self._status_consumer.subscribe([self.topics.name("notifications.status")])
+        while True:
+            messages = self._status_consumer.consume(500, timeout=0.5)
+            if not messages:
+                return self.statuses
+            for message in messages:
+                if message.error():
+                    continue
+                event = self.codec.decode(message.value(), "StatusEvent")
+                self.statuses[event["notification_id"]].append(event)
+
+    def latest(self, notification_id: str) -> set[str]:
+        return {event["status"] for event in self.statuses.get(notification_id, [])}
+
+    def wait_for_status(self, ids: list[str], statuses: set[str], timeout: float = 120) -> None:
+        def done() -> bool:
+            self.poll_statuses()
+            return all(self.latest(nid) & statuses for nid in ids)
+
+        try:
+            wait_until(done, timeout, f"{len(ids)} notifications to reach {statuses}", every=0.5)
+        except AssertionError:
+            missing = [nid for nid in ids if not self.latest(nid) & statuses]
+            raise AssertionError(
+                f"{len(missing)} of {len(ids)} did not reach {statuses}; e.g. {missing[:3]} "
+                f"with {[sorted(self.latest(n)) for n in missing[:3]]}\n--- worker log ---\n"
+                f"{self.worker.tail()}"
+            ) from None
+
+    def read_topic(self, logical_topic: str, timeout: float = 5.0) -> list[Any]:
+        """Every message currently on a topic (all partitions), as confluent Message objects."""
+        name = self.topics.name(logical_topic)
+        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                             "group.id": f"{self.prefix}read-{uuid.uuid4().hex[:6]}",
+                             "enable.auto.commit": False})
+        try:
+            metadata = consumer.list_topics(name, timeout=timeout)
+            out = []
+            for partition in metadata.topics[name].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout)
+                if high <= low:
+                    continue
+                consumer.assign([TopicPartition(name, partition, low)])
+                while True:
+                    message = consumer.poll(timeout)
+                    if message is None or message.error():
+                        break
+                    out.append(message)
+                    if message.offset() >= high - 1:
+                        break
+            return out
+        finally:
+            consumer.close()
+
+    def worker_json(self, path: str) -> Any:
+        return httpx.get(f"http://127.0.0.1:{self.web_port}{path}", timeout=5).json()
