@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import StaticPool
 
 metadata = MetaData()
 
@@ -124,11 +125,16 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     """An engine for DATABASE_URL; for a SQLite file, its directory is created and WAL is on
     so the shim can read while the sink writes."""
     url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        kwargs.setdefault("connect_args", {"connect_timeout": 5})
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **kwargs)
+    connect_args: dict[str, Any] = {"timeout": 30, "check_same_thread": False}
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+    else:  # in memory: one connection shared by every thread, or each would see its own DB
+        kwargs.setdefault("poolclass", StaticPool)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

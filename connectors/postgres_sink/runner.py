@@ -7,6 +7,8 @@ Failures, and what happens to the partition:
 - a message that does not decode (or carries an unknown status) is logged with its topic
   position, counted, and skipped: it cannot come from the pipeline, whose own dead-letter
   topic sits upstream;
+- a schema registry that cannot be reached says nothing about the message: decoding is
+  retried with backoff, like an unreachable database;
 - a database that is unreachable (or any error that is not about one row) stops the loop on
   that batch, retried with backoff until it is written or the runner is stopped;
 - a row the database rejects (DataError / IntegrityError) is isolated by writing the batch
@@ -27,7 +29,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from connectors.postgres_sink import metrics
 from connectors.postgres_sink.writer import Batch, Record, write_batch
 from connectors.read_model import create_tables, make_engine
-from schemas import DecodeError, SchemaCatalog, build_codec
+from schemas import DecodeError, RegistryUnavailableError, SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
 from streams.kafka_clients import consumer_config
 from streams.lifecycle import rank
@@ -36,6 +38,10 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_SECONDS = 30.0
+
+
+class _Stopped(Exception):
+    """The runner was stopped while waiting for a dependency to come back."""
 
 
 class Decoder(Protocol):
@@ -115,7 +121,10 @@ class SinkRunner:
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             assert topic is not None and partition is not None and offset is not None
             next_offsets[(topic, partition)] = offset + 1
-            self._add(batch, codec, msg, topic, partition, offset)
+            try:
+                self._add(batch, codec, msg, topic, partition, offset, stop)
+            except _Stopped:
+                return  # nothing written or committed: the next owner replays the batch
         if batch.records() and not self._write(engine, batch, stop):
             return  # stopped before the batch was written: the next owner replays it
         self._commit(consumer, next_offsets)
@@ -123,18 +132,25 @@ class SinkRunner:
         metrics.WRITTEN.labels(self.inbox_topic).inc(len(batch.inbox_messages))
 
     def _add(
-        self, batch: Batch, codec: Decoder, msg: Message, topic: str, partition: int, offset: int
+        self,
+        batch: Batch,
+        codec: Decoder,
+        msg: Message,
+        topic: str,
+        partition: int,
+        offset: int,
+        stop: threading.Event,
     ) -> None:
         value = msg.value()
         try:
             if value is None:
                 raise ValueError("message has no value")
             if topic == self.status_topic:
-                event = codec.decode(value, "StatusEvent")
+                event = _decode(codec, value, "StatusEvent", stop)
                 rank(event["status"], event["retriable"])  # an unknown status is invalid
                 batch.statuses.append(Record(event, topic, partition, offset))
             else:
-                message = codec.decode(value, "InAppMessage")
+                message = _decode(codec, value, "InAppMessage", stop)
                 batch.inbox_messages.append(Record(message, topic, partition, offset))
         except (DecodeError, ValueError, KeyError) as exc:
             metrics.SKIPPED.labels(topic, "undecodable").inc()
@@ -195,3 +211,18 @@ class SinkRunner:
             # Typically a rebalance took the partitions away; the new owner replays the
             # batch, which changes nothing.
             log.warning("offset commit failed: %s", exc)
+
+
+def _decode(
+    codec: Decoder, value: bytes, schema_name: str, stop: threading.Event
+) -> dict[str, Any]:
+    """Decode, waiting out an unreachable schema registry (raises _Stopped if stopped)."""
+    backoff = 0.5
+    while True:
+        try:
+            return codec.decode(value, schema_name)
+        except RegistryUnavailableError as exc:
+            log.error("schema registry unavailable, retrying in %.1fs: %s", backoff, exc)
+            if stop.wait(backoff):
+                raise _Stopped from exc
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)

@@ -1,0 +1,1 @@
+"""The HTTP ingest shim (FastAPI). Run with `uvicorn api_shim.app:app`."""

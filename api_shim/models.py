@@ -1,0 +1,203 @@
+"""The shim's HTTP models: what a caller may send and what it gets back.
+
+These describe the HTTP contract only. The event itself (NotificationRequest) is shaped by
+schemas/notification_request.avsc and validated by the codec when it is encoded; the enums
+here are checked against the .avsc symbols by tests/unit/test_shim_models.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+
+MAX_RECIPIENTS = 1000
+MAX_CONTENT_BYTES = 256 * 1024
+MAX_DATA_BYTES = 256 * 1024
+MAX_METADATA_ENTRIES = 64
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class Channel(StrEnum):
+    email = "email"
+    sms = "sms"
+    whatsapp = "whatsapp"
+    push = "push"
+    chat = "chat"
+    webhook = "webhook"
+    in_app = "in_app"
+
+
+class Priority(StrEnum):
+    low = "low"
+    normal = "normal"
+    high = "high"
+    critical = "critical"
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id = Field(description="The tenant's id for the user.")
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=32)
+    locale: str | None = Field(default=None, max_length=35, examples=["en-GB"])
+    timezone: str | None = Field(default=None, max_length=64, examples=["Europe/London"])
+
+
+class Content(BaseModel):
+    """Inline Jinja2 templates, rendered with `data` by the render stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = None
+    text: str | None = None
+    # validate_default: the check below runs even when html is absent.
+    html: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("html")
+    @classmethod
+    def _within_size_and_not_empty(cls, html: str | None, info: ValidationInfo) -> str | None:
+        parts = [info.data.get("subject"), info.data.get("text"), html]
+        if not any(parts):
+            raise ValueError("content needs at least one of subject, text or html")
+        size = sum(len(p.encode()) for p in parts if p)
+        if size > MAX_CONTENT_BYTES:
+            raise ValueError(f"content is {size} bytes; at most {MAX_CONTENT_BYTES} are allowed")
+        return html
+
+
+class NotificationCreate(BaseModel):
+    """A request to notify recipients on channels, with a template or inline content."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "recipients": [{"user_id": "u-42", "email": "ada@example.com"}],
+                    "channels": ["email", "in_app"],
+                    "content": {"subject": "Hi {{ name }}", "text": "Your order shipped."},
+                    "data": {"name": "Ada"},
+                }
+            ]
+        },
+    )
+
+    recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    channels: list[Channel] = Field(min_length=1, description="Duplicates are ignored.")
+    template_id: Id | None = Field(default=None, description="Either this or content.")
+    content: Content | None = Field(
+        default=None, validate_default=True, description="Either this or template_id."
+    )
+    data: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
+    priority: Priority = Priority.normal
+    idempotency_key: Id | None = Field(
+        default=None,
+        description="Requests of one tenant with the same key are delivered once. "
+        "The Idempotency-Key header, when given, wins.",
+    )
+    batch_id: Id | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
+
+    @field_validator("recipients")
+    @classmethod
+    def _unique_recipients(cls, recipients: list[Recipient]) -> list[Recipient]:
+        seen: set[str] = set()
+        for recipient in recipients:
+            if recipient.user_id in seen:
+                raise ValueError(f"user_id {recipient.user_id!r} appears more than once")
+            seen.add(recipient.user_id)
+        return recipients
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, channels: list[Channel]) -> list[Channel]:
+        return list(dict.fromkeys(channels))
+
+    @field_validator("content", mode="after")
+    @classmethod
+    def _template_or_content(cls, content: Content | None, info: ValidationInfo) -> Content | None:
+        if "template_id" not in info.data:
+            return content  # template_id itself is invalid and already reported
+        has_template = info.data["template_id"] is not None
+        if content is None and not has_template:
+            raise ValueError("either template_id or content is required")
+        if content is not None and has_template:
+            raise ValueError("give either template_id or content, not both")
+        return content
+
+    @field_validator("data")
+    @classmethod
+    def _data_size(cls, data: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(data, separators=(",", ":")).encode())
+        if size > MAX_DATA_BYTES:
+            raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} are allowed")
+        return data
+
+
+class NotificationRef(BaseModel):
+    notification_id: str
+    user_id: str
+    channel: Channel
+
+
+class Accepted(BaseModel):
+    """Kafka has acknowledged the request; one notification per recipient x channel."""
+
+    request_id: str
+    notifications: list[NotificationRef]
+
+
+class StatusEventOut(BaseModel):
+    event_id: str
+    status: str
+    reason: str | None
+    retriable: bool
+    provider: str | None
+    provider_message_id: str | None
+    stage: str
+    attempt: int
+    deferred_until: datetime | None
+    occurred_at: datetime
+
+
+class NotificationOut(BaseModel):
+    """The latest state of a notification (its highest-ranked status) and its history."""
+
+    notification_id: str
+    tenant_id: str
+    request_id: str
+    batch_id: str | None
+    channel: str | None
+    recipient_id: str | None
+    status: str
+    reason: str | None
+    retriable: bool
+    provider: str | None
+    provider_message_id: str | None
+    request_occurred_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    events: list[StatusEventOut]
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["recipients.0.user_id"])
+    message: str = Field(examples=["Field required"])
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(examples=["validation_failed"])
+    message: str = Field(default="", examples=["request body is invalid"])
+    detail: list[FieldError] = Field(default_factory=list)

@@ -1,0 +1,44 @@
+"""From an accepted HTTP body to the NotificationRequest record, and the ids it will yield."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from api_shim.models import NotificationCreate, NotificationRef
+from streams.ids import notification_id
+
+
+def request_record(
+    body: NotificationCreate, *, tenant_id: str, idempotency_key: str | None
+) -> dict[str, Any]:
+    """A NotificationRequest record (schemas/notification_request.avsc) as the codec takes it."""
+    return {
+        "request_id": str(uuid.uuid4()),
+        "tenant_id": tenant_id,
+        "idempotency_key": idempotency_key or body.idempotency_key,
+        "batch_id": body.batch_id,
+        "occurred_at": int(time.time() * 1000),
+        "channels": [channel.value for channel in body.channels],
+        "recipients": [recipient.model_dump() for recipient in body.recipients],
+        "template_id": body.template_id,
+        "content": body.content.model_dump() if body.content else None,
+        "data_json": json.dumps(body.data, separators=(",", ":")),
+        "priority": body.priority.value,
+        "metadata": dict(body.metadata),
+    }
+
+
+def notification_refs(request_id: str, body: NotificationCreate) -> list[NotificationRef]:
+    """The notification ids the request stage will derive: one per recipient x channel."""
+    return [
+        NotificationRef(
+            notification_id=notification_id(request_id, recipient.user_id, channel.value),
+            user_id=recipient.user_id,
+            channel=channel,
+        )
+        for recipient in body.recipients
+        for channel in body.channels
+    ]

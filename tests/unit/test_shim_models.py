@@ -1,0 +1,241 @@
+"""The shim's input validation and error answers, without a broker or a database.
+
+The producer is a fake; the codec is the real one, so what the shim writes is checked
+against schemas/notification_request.avsc.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api_shim.app import create_app
+from api_shim.models import MAX_RECIPIENTS, Channel, Priority
+from api_shim.producer import ProduceError, ProduceTimeout
+from connectors.read_model import make_engine
+from schemas import SchemaCatalog, build_codec
+from streams.ids import notification_id
+from streams.settings import Settings
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+KEY = {"X-API-Key": "key-a"}
+VALID: dict[str, Any] = {
+    "recipients": [{"user_id": "u1", "email": "u1@example.com"}],
+    "channels": ["email", "in_app"],
+    "content": {"subject": "Hi {{ name }}", "text": "Hello"},
+    "data": {"name": "Ada"},
+}
+
+
+class FakeProducer:
+    """Records what would be produced; `fail` makes the next produce raise."""
+
+    ack_timeout = 0.1
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail: Exception | None = None
+
+    async def produce(self, topic: str, **kwargs: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append({"topic": topic, **kwargs})
+
+    def list_topics(self, timeout: float) -> set[str]:
+        return set()
+
+
+@pytest.fixture
+def producer() -> FakeProducer:
+    return FakeProducer()
+
+
+@pytest.fixture
+def client(producer: FakeProducer) -> Iterator[TestClient]:
+    settings = Settings(
+        shim_api_keys={"key-a": "tenant-a", "key-b": "tenant-b"},
+        topic_prefix="unit.",
+        database_url="sqlite://",
+    )
+    engine = make_engine("sqlite://")
+    app = create_app(settings, producer=producer, engine=engine)  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+    engine.dispose()
+
+
+def _post(client: TestClient, body: Any, headers: dict[str, str] | None = None) -> Any:
+    return client.post(
+        "/api/v1/notifications", json=body, headers=KEY if headers is None else headers
+    )
+
+
+def _fields(response: Any) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "validation_failed"
+    return {d["field"]: d["message"] for d in body["detail"]}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    return {**VALID, **changes}
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [({}, "the X-API-Key header is required"), ({"X-API-Key": "nope"}, "unknown API key")],
+)
+def test_missing_or_unknown_key_is_401(
+    client: TestClient, headers: dict[str, str], message: str
+) -> None:
+    response = _post(client, VALID, headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+    assert response.json()["message"] == message
+
+
+def test_401_comes_before_body_validation(client: TestClient) -> None:
+    assert _post(client, {"recipients": []}, {}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message_part"),
+    [
+        (_with(recipients=[{"email": "a@example.com"}]), "recipients.0.user_id", "Field required"),
+        (_with(recipients=[]), "recipients", "at least 1 item"),
+        (
+            _with(recipients=[{"user_id": f"u{i}"} for i in range(MAX_RECIPIENTS + 1)]),
+            "recipients",
+            "at most 1000",
+        ),
+        (_with(recipients=[{"user_id": "u1"}, {"user_id": "u1"}]), "recipients", "more than once"),
+        (_with(recipients=[{"user_id": ""}]), "recipients.0.user_id", "at least 1 character"),
+        (_with(channels=[]), "channels", "at least 1 item"),
+        (_with(channels=["email", "fax"]), "channels.1", "Input should be"),
+        (_with(content=None), "content", "either template_id or content is required"),
+        (_with(template_id="welcome"), "content", "not both"),
+        (_with(content={}), "content.html", "at least one of subject, text or html"),
+        (_with(content={"html": "x" * (256 * 1024 + 1)}), "content.html", "at most 262144"),
+        (_with(data=[1, 2]), "data", "valid dictionary"),
+        (_with(data={"blob": "x" * (256 * 1024)}), "data", "at most 262144"),
+        (_with(priority="urgent"), "priority", "Input should be"),
+        (_with(metadata={"k": 1}), "metadata.k", "valid string"),
+        (_with(colour="blue"), "colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_body_is_422_naming_the_field(
+    client: TestClient, body: dict[str, Any], field: str, message_part: str
+) -> None:
+    fields = _fields(_post(client, body))
+    assert field in fields, fields
+    assert message_part in fields[field]
+
+
+def test_body_that_is_not_json_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/notifications",
+        content=b"{not json",
+        headers={**KEY, "Content-Type": "application/json"},
+    )
+    assert "body" in _fields(response)
+
+
+def test_missing_body_is_422(client: TestClient) -> None:
+    response = client.post("/api/v1/notifications", headers=KEY)
+    assert _fields(response) == {"body": "Field required"}
+
+
+def test_accepted_request_is_produced_keyed_by_first_recipient(
+    client: TestClient, producer: FakeProducer
+) -> None:
+    body = _with(
+        recipients=[{"user_id": "u1"}, {"user_id": "u2", "locale": "fr"}],
+        idempotency_key="from-body",
+        metadata={"source": "unit"},
+    )
+    response = _post(client, body, {**KEY, "Idempotency-Key": "from-header"})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    request_id = accepted["request_id"]
+    assert accepted["notifications"] == [
+        {
+            "notification_id": notification_id(request_id, user, channel),
+            "user_id": user,
+            "channel": channel,
+        }
+        for user in ("u1", "u2")
+        for channel in ("email", "in_app")
+    ]
+    [sent] = producer.sent
+    assert sent["topic"] == "unit.notifications.requests"
+    assert sent["key"] == b"tenant-a:u1"
+    assert sent["headers"]["traceparent"].startswith(b"00-")
+    codec = build_codec(None, SchemaCatalog.load())
+    record = codec.decode(sent["value"], "NotificationRequest")
+    assert record["request_id"] == request_id
+    assert record["tenant_id"] == "tenant-a"
+    assert record["idempotency_key"] == "from-header"
+    assert [r["user_id"] for r in record["recipients"]] == ["u1", "u2"]
+    assert record["recipients"][1]["locale"] == "fr"
+    assert record["channels"] == ["email", "in_app"]
+    assert json.loads(record["data_json"]) == {"name": "Ada"}
+    assert record["priority"] == "normal"
+    assert record["metadata"] == {"source": "unit"}
+
+
+def test_duplicate_channels_are_ignored(client: TestClient, producer: FakeProducer) -> None:
+    response = _post(client, _with(channels=["sms", "sms"]))
+    assert response.status_code == 202
+    assert [n["channel"] for n in response.json()["notifications"]] == ["sms"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "message_part"),
+    [
+        (ProduceTimeout("no acknowledgement"), "did not acknowledge"),
+        (ProduceError("Broker: Topic authorization failed"), "Topic authorization failed"),
+    ],
+)
+def test_produce_failure_is_a_clear_503(
+    client: TestClient, producer: FakeProducer, failure: Exception, message_part: str
+) -> None:
+    producer.fail = failure
+    response = _post(client, VALID)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "unavailable"
+    assert message_part in body["message"]
+    assert "Traceback" not in response.text
+
+
+def test_status_of_unknown_notification_is_404(client: TestClient) -> None:
+    response = client.get("/api/v1/notifications/nope", headers=KEY)
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_ready_is_503_when_the_request_topic_is_missing(client: TestClient) -> None:
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "ok"
+    assert "does not exist" in response.json()["checks"]["kafka"]
+    assert client.get("/health").json() == {"status": "ok", "checks": {}}
+
+
+def test_openapi_documents_the_answers(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/api/v1/notifications"]["post"]
+    assert {"202", "401", "422", "503"} <= set(post["responses"])
+    get = spec["paths"]["/api/v1/notifications/{notification_id}"]["get"]
+    assert {"200", "401", "404", "503"} <= set(get["responses"])
+
+
+@pytest.mark.parametrize(("enum", "schema"), [(Channel, "channel"), (Priority, "priority")])
+def test_enums_match_the_avro_schemas(enum: Any, schema: str) -> None:
+    symbols = json.loads((SCHEMAS / f"{schema}.avsc").read_text())["symbols"]
+    assert [member.value for member in enum] == symbols
