@@ -1,0 +1,237 @@
+"""The HTTP shim against the real broker and a real Postgres.
+
+A 202 means Kafka acknowledged: the test then reads the request topic with a plain consumer
+and decodes what the shim wrote. Status queries go through the real sink.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer, Message, Producer
+from fastapi.testclient import TestClient
+
+from api_shim.app import create_app
+from connectors.postgres_sink import SinkRunner
+from connectors.read_model import get_notification, make_engine
+from schemas import SchemaCatalog, build_codec
+from streams.catalog import TopicCatalog
+from streams.ids import status_event_id
+from streams.kafka_clients import consumer_config, producer_config
+from streams.provision import provision
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+CODEC = build_codec(None, SchemaCatalog.load())
+KEY_A = {"X-API-Key": "key-a"}
+KEY_B = {"X-API-Key": "key-b"}
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run the integration tests with `make test`")
+    return value
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """A fresh Postgres database for this module, dropped afterwards."""
+    admin_url = _env("TEST_DATABASE_URL")
+    name = f"shim_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def settings(database_url: str) -> Settings:
+    settings = Settings(
+        kafka_bootstrap_servers=_env("TEST_KAFKA_BOOTSTRAP"),
+        topic_prefix=f"t-{uuid.uuid4().hex[:12]}.",
+        database_url=database_url,
+        shim_api_keys={"key-a": "tenant-a", "key-b": "tenant-b"},
+        sink_flush_seconds=0.2,
+    )
+    provision(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def sink(settings: Settings) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=SinkRunner(settings).run, args=(stop,), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(30)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_request(settings: Settings, request_id: str) -> tuple[Message, dict[str, Any]]:
+    """The message on notifications.requests whose record has `request_id`."""
+    topic = TopicCatalog.load(settings).name("notifications.requests")
+    consumer = Consumer(consumer_config(settings, f"test-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            value = msg.value()
+            assert value is not None
+            record = CODEC.decode(value, "NotificationRequest")
+            if record["request_id"] == request_id:
+                return msg, record
+    finally:
+        consumer.close()
+    raise AssertionError(f"request {request_id} not found on {topic}")
+
+
+def test_post_is_acknowledged_and_written_to_the_request_topic(
+    client: TestClient, settings: Settings
+) -> None:
+    trace_id = uuid.uuid4().hex
+    body = {
+        "recipients": [{"user_id": "u1", "email": "u1@example.com"}, {"user_id": "u2"}],
+        "channels": ["email", "in_app"],
+        "template_id": "welcome",
+        "data": {"plan": "pro"},
+        "priority": "high",
+        "batch_id": "b-1",
+        "metadata": {"source": "test"},
+    }
+    response = client.post(
+        "/api/v1/notifications",
+        json=body,
+        headers={
+            **KEY_A,
+            "Idempotency-Key": "idem-1",
+            "traceparent": f"00-{trace_id}-{'1' * 16}-01",
+        },
+    )
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert len(accepted["notifications"]) == 4
+
+    msg, record = read_request(settings, accepted["request_id"])
+    assert msg.key() == b"tenant-a:u1"
+    headers = dict(msg.headers() or [])
+    traceparent = headers["traceparent"]
+    assert isinstance(traceparent, bytes)
+    assert traceparent.split(b"-")[1] == trace_id.encode()  # the caller's trace continues
+    assert record["tenant_id"] == "tenant-a"
+    assert record["idempotency_key"] == "idem-1"
+    assert [(r["user_id"], r["email"]) for r in record["recipients"]] == [
+        ("u1", "u1@example.com"),
+        ("u2", None),
+    ]
+    assert record["channels"] == ["email", "in_app"]
+    assert (record["template_id"], record["content"]) == ("welcome", None)
+    assert (record["priority"], record["batch_id"]) == ("high", "b-1")
+    assert record["metadata"] == {"source": "test"}
+    assert abs(record["occurred_at"] - time.time() * 1000) < 60_000
+
+
+def test_status_is_served_after_the_sink_wrote_it(
+    client: TestClient, settings: Settings, sink: None
+) -> None:
+    body = {"recipients": [{"user_id": "u9"}], "channels": ["sms"], "content": {"text": "Hi"}}
+    response = client.post("/api/v1/notifications", json=body, headers=KEY_A)
+    assert response.status_code == 202, response.text
+    request_id = response.json()["request_id"]
+    [ref] = response.json()["notifications"]
+    nid = ref["notification_id"]
+    assert client.get(f"/api/v1/notifications/{nid}", headers=KEY_A).status_code == 404
+
+    # What the request stage would emit for it.
+    now = int(time.time() * 1000)
+    event = {
+        "event_id": status_event_id(nid, "accepted"),
+        "notification_id": nid,
+        "request_id": request_id,
+        "tenant_id": "tenant-a",
+        "channel": "sms",
+        "recipient_id": "u9",
+        "status": "accepted",
+        "stage": "request",
+        "request_occurred_at": now,
+        "occurred_at": now,
+    }
+    producer = Producer(producer_config(settings))
+    producer.produce(
+        TopicCatalog.load(settings).name("notifications.status"),
+        key=nid.encode(),
+        value=CODEC.encode("StatusEvent", event),
+    )
+    assert producer.flush(15) == 0
+    engine = make_engine(settings.database_url)
+    try:
+        wait_for(lambda: get_notification(engine, "tenant-a", nid), 30, "the sink")
+    finally:
+        engine.dispose()
+
+    found = client.get(f"/api/v1/notifications/{nid}", headers=KEY_A)
+    assert found.status_code == 200, found.text
+    state = found.json()
+    assert (state["status"], state["request_id"], state["channel"]) == (
+        "accepted",
+        request_id,
+        "sms",
+    )
+    assert [e["status"] for e in state["events"]] == ["accepted"]
+
+    other = client.get(f"/api/v1/notifications/{nid}", headers=KEY_B)
+    assert other.status_code == 404
+    assert other.json()["error"] == "not_found"
+
+
+def test_ready_when_broker_and_database_are_reachable(client: TestClient) -> None:
+    response = client.get("/ready")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"kafka": "ok", "database": "ok"}
+
+
+def test_unreachable_broker_answers_503_not_202(settings: Settings) -> None:
+    unreachable = settings.model_copy(
+        update={"kafka_bootstrap_servers": "127.0.0.1:1", "shim_produce_timeout_seconds": 1.0}
+    )
+    body = {"recipients": [{"user_id": "u1"}], "channels": ["email"], "content": {"text": "x"}}
+    with TestClient(create_app(unreachable)) as client:
+        started = time.monotonic()
+        response = client.post("/api/v1/notifications", json=body, headers=KEY_A)
+        assert time.monotonic() - started < 5
+        assert response.status_code == 503
+        assert response.json()["error"] == "unavailable"
+        assert "Traceback" not in response.text
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["kafka"] != "ok"
