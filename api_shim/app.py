@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +20,7 @@ from api_shim import errors
 from api_shim.producer import AsyncProducer
 from api_shim.routes import router
 from connectors.read_model import create_tables, make_engine
-from schemas import SchemaCatalog, build_codec
+from schemas import Codec, SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
 from streams.kafka_clients import producer_config
 from streams.settings import Settings, get_settings
@@ -42,7 +41,7 @@ def create_app(
     *,
     producer: AsyncProducer | None = None,
     engine: Engine | None = None,
-    codec: Any = None,
+    codec: Codec | None = None,
 ) -> FastAPI:
     """The app; tests may inject the producer, the engine or the codec (not closed here)."""
     settings = settings or get_settings()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from sqlalchemy import Engine
@@ -29,7 +29,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from connectors.postgres_sink import metrics
 from connectors.postgres_sink.writer import Batch, Record, write_batch
 from connectors.read_model import create_tables, make_engine
-from schemas import DecodeError, RegistryUnavailableError, SchemaCatalog, build_codec
+from schemas import Codec, DecodeError, RegistryUnavailableError, SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
 from streams.kafka_clients import consumer_config
 from streams.lifecycle import rank
@@ -44,13 +44,8 @@ class _Stopped(Exception):
     """The runner was stopped while waiting for a dependency to come back."""
 
 
-class Decoder(Protocol):
-    def decode(self, data: bytes, schema_name: str) -> dict[str, Any]: ...
-
-
-def _default_codec(settings: Settings) -> Decoder:
-    codec: Decoder = build_codec(settings.schema_registry_url, SchemaCatalog.load())
-    return codec
+def _default_codec(settings: Settings) -> Codec:
+    return build_codec(settings.schema_registry_url, SchemaCatalog.load())
 
 
 class SinkRunner:
@@ -65,7 +60,7 @@ class SinkRunner:
         settings: Settings,
         *,
         engine: Engine | None = None,
-        codec: Decoder | None = None,
+        codec: Codec | None = None,
         group_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -104,7 +99,7 @@ class SinkRunner:
         self,
         consumer: Consumer,
         engine: Engine,
-        codec: Decoder,
+        codec: Codec,
         messages: list[Message],
         stop: threading.Event,
     ) -> None:
@@ -134,7 +129,7 @@ class SinkRunner:
     def _add(
         self,
         batch: Batch,
-        codec: Decoder,
+        codec: Codec,
         msg: Message,
         topic: str,
         partition: int,
@@ -213,9 +208,7 @@ class SinkRunner:
             log.warning("offset commit failed: %s", exc)
 
 
-def _decode(
-    codec: Decoder, value: bytes, schema_name: str, stop: threading.Event
-) -> dict[str, Any]:
+def _decode(codec: Codec, value: bytes, schema_name: str, stop: threading.Event) -> dict[str, Any]:
     """Decode, waiting out an unreachable schema registry (raises _Stopped if stopped)."""
     backoff = 0.5
     while True:
