@@ -99,5 +99,5 @@ class Connector(ABC, Generic[ConfigT]):
             return message
         return message.model_copy(update={"text": message.text[: limit - 1] + "…"})
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release connections; most providers hold none."""

@@ -19,14 +19,19 @@ def missing_topics() -> list[str]:
 
     settings = get_settings()
     existing = existing_partitions(AdminClient(admin_config(settings)))
-    return [spec.physical_name for spec in TopicCatalog.load(settings) if spec.physical_name not in existing]
+    return [
+        spec.physical_name
+        for spec in TopicCatalog.load(settings)
+        if spec.physical_name not in existing
+    ]
 
 
 def main() -> None:
     missing = missing_topics()
     if missing:
         sys.exit(
-            "refusing to start: these topics are missing: " + ", ".join(missing)
+            "refusing to start: these topics are missing: "
+            + ", ".join(missing)
             + "\ncreate them with: python -m streams.provision"
         )
     settings = get_settings()

@@ -57,7 +57,9 @@ class TopicCatalog:
             return self._by_name[logical_name]
         except KeyError:
             valid = ", ".join(sorted(self._by_name))
-            raise KeyError(f"topic {logical_name!r} is not in topics.yaml; known: {valid}") from None
+            raise KeyError(
+                f"topic {logical_name!r} is not in topics.yaml; known: {valid}"
+            ) from None
 
     def name(self, logical_name: str) -> str:
         """The physical topic name for a logical name."""

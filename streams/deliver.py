@@ -106,8 +106,12 @@ async def handle(event: EventT) -> None:
     if is_live(previous, now_ms(), _ttl_ms):
         # Already handed to the provider: repeat the status (idempotent), never the send.
         await emit_status(
-            notification, previous["outcome"], stage=STAGE, headers=headers,
-            provider=previous["provider"], provider_message_id=previous["provider_message_id"],
+            notification,
+            previous["outcome"],
+            stage=STAGE,
+            headers=headers,
+            provider=previous["provider"],
+            provider_message_id=previous["provider_message_id"],
         )
         metrics.processed(STAGE, "already_delivered", notification["occurred_at"])
         return
@@ -128,13 +132,21 @@ async def handle(event: EventT) -> None:
     elif result.retriable:
         # Out of attempts: park it for replay rather than lose it.
         await dead_letter(
-            event, stage=STAGE, error=RuntimeError(result.reason),
-            tenant_id=notification["tenant_id"], notification_id=nid,
+            event,
+            stage=STAGE,
+            error=RuntimeError(result.reason),
+            tenant_id=notification["tenant_id"],
+            notification_id=nid,
         )
     await emit_status(
-        notification, result.outcome, stage=STAGE, headers=headers,
-        reason=result.reason, retriable=result.retriable,
-        provider=result.provider, provider_message_id=result.provider_message_id,
+        notification,
+        result.outcome,
+        stage=STAGE,
+        headers=headers,
+        reason=result.reason,
+        retriable=result.retriable,
+        provider=result.provider,
+        provider_message_id=result.provider_message_id,
     )
     metrics.processed(STAGE, result.outcome, notification["occurred_at"])
 

@@ -88,7 +88,10 @@ async def handle(event: EventT) -> None:
     enriched = enrich(notification, profiles.get(key))
     if enriched["address"] is None:
         await emit_status(
-            notification, "failed", stage=STAGE, headers=headers,
+            notification,
+            "failed",
+            stage=STAGE,
+            headers=headers,
             reason=f"no {notification['channel']} address for recipient "
             f"{notification['recipient']['user_id']}",
         )

@@ -88,7 +88,11 @@ async def dead_letter(
     message = event.message
     log.warning(
         "dead-lettering %s[%s]@%s in %s: %s",
-        message.topic, message.partition, message.offset, stage, error,
+        message.topic,
+        message.partition,
+        message.offset,
+        stage,
+        error,
         extra={"tenant_id": tenant_id, "notification_id": notification_id},
     )
     raw_key = message.key
@@ -113,8 +117,6 @@ async def dead_letter(
     )
 
 
-
-
 async def guarded(stage: str, event: EventT, handler: Any) -> None:
     """Run a stage's handler; an unexpected error dead-letters the message, never the agent.
 
@@ -130,6 +132,12 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
 
 
 __all__ = [
-    "Rejected", "SchemaError", "dead_letter", "decode", "emit_status", "guarded", "now_ms",
+    "Rejected",
+    "SchemaError",
+    "dead_letter",
+    "decode",
+    "emit_status",
+    "guarded",
+    "now_ms",
     "outgoing_headers",
 ]

@@ -11,11 +11,10 @@ PROCESSED = Counter(
     "Messages a stage finished processing, by outcome.",
     ["stage", "outcome"],
 )
-STATUS = Counter(
-    "notifications_status_events_total", "Status events emitted.", ["stage", "status"]
-)
+STATUS = Counter("notifications_status_events_total", "Status events emitted.", ["stage", "status"])
 DEAD_LETTERS = Counter(
-    "notifications_dead_letters_total", "Messages sent to the dead-letter topic.",
+    "notifications_dead_letters_total",
+    "Messages sent to the dead-letter topic.",
     ["stage", "error_type"],
 )
 LATENCY = Histogram(

@@ -1,7 +1,7 @@
 """Create the topics of topics.yaml that are missing; report drift; never delete or alter.
 
-    python -m streams.provision            # create missing topics, report drift
-    python -m streams.provision --check    # only report; exit 1 if anything is missing
+python -m streams.provision            # create missing topics, report drift
+python -m streams.provision --check    # only report; exit 1 if anything is missing
 """
 
 from __future__ import annotations

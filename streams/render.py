@@ -7,6 +7,7 @@ Status: rendered | failed (template missing or broken: not retriable, with the e
 
 from __future__ import annotations
 
+import asyncio
 import json
 from functools import lru_cache
 from typing import Any
@@ -63,7 +64,9 @@ def source_content(notification: dict[str, Any]) -> dict[str, Any]:
         return notification["content"] or {}
     template = templates.get(f"{notification['tenant_id']}:{template_id}")
     if template is None:
-        raise RenderError(f"template {template_id!r} not found for tenant {notification['tenant_id']}")
+        raise RenderError(
+            f"template {template_id!r} not found for tenant {notification['tenant_id']}"
+        )
     return dict(template["content"])
 
 
@@ -109,6 +112,6 @@ async def handle(event: EventT) -> None:
 @app.agent(topics.source("notifications.enriched"), concurrency=1)
 async def render_notifications(stream: StreamT) -> None:
     templates.start()
-    await templates.wait_ready()
+    await asyncio.wait_for(templates.wait_ready(), timeout=120)
     async for event in stream.events():
         await guarded(STAGE, event, handle)

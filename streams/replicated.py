@@ -32,8 +32,9 @@ class ReplicatedView:
     def get(self, key: str) -> dict[str, Any] | None:
         return self._data.get(key)
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout)
+    async def wait_ready(self) -> None:
+        """Until the view has read every partition up to where it ended at start-up."""
+        await self._ready.wait()
 
     def start(self) -> None:
         if self._task is None:
@@ -54,7 +55,9 @@ class ReplicatedView:
             await consumer.topics()  # loads cluster metadata
             partitions = consumer.partitions_for_topic(self._topic)
             if not partitions:
-                raise RuntimeError(f"topic {self._topic} is missing; run python -m streams.provision")
+                raise RuntimeError(
+                    f"topic {self._topic} is missing; run python -m streams.provision"
+                )
             tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)

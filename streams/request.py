@@ -123,9 +123,7 @@ async def handle(event: EventT) -> None:
         await dead_letter(event, stage=STAGE, error=exc, tenant_id=request["tenant_id"])
         # Where ids can be derived, the caller can see why nothing was sent.
         for notification in fan_out(request, request_id):
-            await emit_status(
-                notification, "failed", stage=STAGE, headers=headers, reason=str(exc)
-            )
+            await emit_status(notification, "failed", stage=STAGE, headers=headers, reason=str(exc))
         return
 
     notifications = fan_out(request, request_id)
@@ -134,7 +132,10 @@ async def handle(event: EventT) -> None:
     if earlier is not None:
         for notification in notifications:
             await emit_status(
-                notification, "duplicate", stage=STAGE, headers=headers,
+                notification,
+                "duplicate",
+                stage=STAGE,
+                headers=headers,
                 reason=f"idempotency key already used by request {earlier}",
             )
         metrics.processed(STAGE, "duplicate", request["occurred_at"])

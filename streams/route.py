@@ -43,7 +43,10 @@ async def handle(event: EventT) -> None:
     target = delivery_topic(notification["channel"])
     if target is None:
         await emit_status(
-            notification, "failed", stage=STAGE, headers=headers,
+            notification,
+            "failed",
+            stage=STAGE,
+            headers=headers,
             reason=f"no provider is configured for the {notification['channel']} channel",
         )
         metrics.processed(STAGE, "unroutable", notification["occurred_at"])

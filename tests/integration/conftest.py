@@ -65,8 +65,9 @@ def pipeline(
     kafka_bootstrap: str, fresh_database: str, smtp: SmtpCapture, log_dir: Path
 ) -> Iterator[Pipeline]:
     """The whole pipeline (worker, sink, shim) on uuid-prefixed topics, one per module."""
-    pipe = Pipeline(bootstrap=kafka_bootstrap, database_url=fresh_database,
-                    smtp_port=smtp.port, log_dir=log_dir)
+    pipe = Pipeline(
+        bootstrap=kafka_bootstrap, database_url=fresh_database, smtp_port=smtp.port, log_dir=log_dir
+    )
     pipe.start(shim=True)
     try:
         yield pipe

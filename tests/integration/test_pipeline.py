@@ -46,8 +46,15 @@ def request_record(user: str, **extra: Any) -> dict[str, Any]:
         "batch_id": None,
         "occurred_at": now_ms(),
         "channels": ["email"],
-        "recipients": [{"user_id": user, "email": f"{user}@example.test",
-                        "phone": None, "locale": None, "timezone": None}],
+        "recipients": [
+            {
+                "user_id": user,
+                "email": f"{user}@example.test",
+                "phone": None,
+                "locale": None,
+                "timezone": None,
+            }
+        ],
         "template_id": None,
         "content": CONTENT,
         "data_json": json.dumps({"name": user.upper(), "order_id": f"o-{user}"}),
@@ -62,8 +69,10 @@ def sink_states(pipeline: Pipeline, ids: list[str]) -> dict[str, str]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.text("SELECT notification_id, status FROM notifications "
-                        "WHERE notification_id = ANY(:ids)"),
+                sa.text(
+                    "SELECT notification_id, status FROM notifications "
+                    "WHERE notification_id = ANY(:ids)"
+                ),
                 {"ids": ids},
             ).all()
         return {row[0]: row[1] for row in rows}
@@ -89,8 +98,9 @@ def test_shim_and_upstream_notifications_arrive_once_rendered_and_reach_sent(
     for i in range(200):
         user = f"up{i}"
         record = request_record(user)
-        upstream.produce(topic, key=f"acme:{user}",
-                         value=pipeline.codec.encode("NotificationRequest", record))
+        upstream.produce(
+            topic, key=f"acme:{user}", value=pipeline.codec.encode("NotificationRequest", record)
+        )
         expected[notification_id(record["request_id"], user, "email")] = user
     assert upstream.flush(30) == 0
 
@@ -111,18 +121,33 @@ def test_shim_and_upstream_notifications_arrive_once_rendered_and_reach_sent(
         assert f"<b>o-{user}</b>" in html
 
     ids = list(expected)
-    wait_until(lambda: set(sink_states(pipeline, ids).values()) == {"sent"}
-               and len(sink_states(pipeline, ids)) == 400,
-               60, "the Postgres sink to show all 400 as sent")
+    wait_until(
+        lambda: (
+            set(sink_states(pipeline, ids).values()) == {"sent"}
+            and len(sink_states(pipeline, ids)) == 400
+        ),
+        60,
+        "the Postgres sink to show all 400 as sent",
+    )
 
 
 def test_opted_out_recipient_is_suppressed_and_never_sent(
     pipeline: Pipeline, smtp: SmtpCapture
 ) -> None:
-    prefs = {"tenant_id": "acme", "user_id": "quiet", "opted_out": True, "channels": {},
-             "updated_at": now_ms()}
-    no_email = {"tenant_id": "acme", "user_id": "noemail", "opted_out": False,
-                "channels": {"email": False}, "updated_at": now_ms()}
+    prefs = {
+        "tenant_id": "acme",
+        "user_id": "quiet",
+        "opted_out": True,
+        "channels": {},
+        "updated_at": now_ms(),
+    }
+    no_email = {
+        "tenant_id": "acme",
+        "user_id": "noemail",
+        "opted_out": False,
+        "channels": {"email": False},
+        "updated_at": now_ms(),
+    }
     pipeline.produce_record("users.preferences", "acme:quiet", prefs)
     pipeline.produce_record("users.preferences", "acme:noemail", no_email)
     pipeline.flush()
@@ -139,7 +164,8 @@ def test_opted_out_recipient_is_suppressed_and_never_sent(
     pipeline.wait_for_status([ids["quiet"], ids["noemail"]], {"suppressed"})
     reasons = {
         user: [e["reason"] for e in pipeline.statuses[nid] if e["status"] == "suppressed"]
-        for user, nid in ids.items() if user != "chatty"
+        for user, nid in ids.items()
+        if user != "chatty"
     }
     assert reasons == {
         "quiet": ["recipient opted out of all notifications"],
@@ -156,8 +182,9 @@ def test_duplicate_idempotency_key_is_sent_once(pipeline: Pipeline, smtp: SmtpCa
     key = f"order-{uuid.uuid4()}"
     with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
         first, second = (
-            client.post("/api/v1/notifications", json=shim_body("dup"),
-                        headers={"Idempotency-Key": key})
+            client.post(
+                "/api/v1/notifications", json=shim_body("dup"), headers={"Idempotency-Key": key}
+            )
             for _ in range(2)
         )
     assert first.status_code == second.status_code == 202
@@ -179,7 +206,7 @@ def test_malformed_request_is_dead_lettered_and_the_partition_moves_on(
 ) -> None:
     key = "acme:poisoned"  # the same key: the same partition, right behind the poison
     pipeline.produce("notifications.requests", key, b"\xc3\x01not avro at all")
-    pipeline.produce("notifications.requests", key, b"{\"json\": \"is not avro\"}")
+    pipeline.produce("notifications.requests", key, b'{"json": "is not avro"}')
     behind = request_record("poisoned")
     pipeline.produce_record("notifications.requests", key, behind)
     pipeline.flush()
@@ -189,17 +216,22 @@ def test_malformed_request_is_dead_lettered_and_the_partition_moves_on(
     assert len(smtp.by_notification_id()[nid]) == 1
 
     def dead_letters() -> list[dict[str, Any]]:
-        records = [pipeline.codec.decode(m.value(), "DeadLetter")
-                   for m in pipeline.read_topic("notifications.dead-letter")]
+        records = [
+            pipeline.codec.decode(m.value(), "DeadLetter")
+            for m in pipeline.read_topic("notifications.dead-letter")
+        ]
         return [r for r in records if r["stage"] == "request" and r["key"] == key.encode()]
 
-    letters = wait_until(lambda: len(dead_letters()) == 2 and dead_letters(), 30,
-                         "two dead letters")
+    letters = wait_until(
+        lambda: len(dead_letters()) == 2 and dead_letters(), 30, "two dead letters"
+    )
     assert {letter["value"] for letter in letters} == {
-        b"\xc3\x01not avro at all", b"{\"json\": \"is not avro\"}"
+        b"\xc3\x01not avro at all",
+        b'{"json": "is not avro"}',
     }
-    assert all(letter["error_type"] in {"CorruptMessageError", "UnknownSchemaError"}
-               for letter in letters), letters
+    assert all(
+        letter["error_type"] in {"CorruptMessageError", "UnknownSchemaError"} for letter in letters
+    ), letters
     assert all(letter["error"] for letter in letters)
 
 
@@ -215,8 +247,9 @@ def test_invalid_request_gets_failed_status_with_the_reason(pipeline: Pipeline) 
 
 
 def test_template_error_fails_without_retry(pipeline: Pipeline, smtp: SmtpCapture) -> None:
-    record = request_record("tplerr", content={"subject": "Hi", "text": "Hello {{ missing }}",
-                                               "html": None})
+    record = request_record(
+        "tplerr", content={"subject": "Hi", "text": "Hello {{ missing }}", "html": None}
+    )
     pipeline.produce_record("notifications.requests", "acme:tplerr", record)
     pipeline.flush()
     nid = notification_id(record["request_id"], "tplerr", "email")
@@ -229,18 +262,25 @@ def test_template_error_fails_without_retry(pipeline: Pipeline, smtp: SmtpCaptur
 
 def test_in_app_notification_lands_in_the_inbox(pipeline: Pipeline) -> None:
     with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
-        response = client.post("/api/v1/notifications", json={
-            "recipients": [{"user_id": "inboxer"}],
-            "channels": ["in_app"],
-            "content": {"subject": "Welcome {{ name }}", "text": "Glad you are here, {{ name }}."},
-            "data": {"name": "Ada"},
-        })
+        response = client.post(
+            "/api/v1/notifications",
+            json={
+                "recipients": [{"user_id": "inboxer"}],
+                "channels": ["in_app"],
+                "content": {
+                    "subject": "Welcome {{ name }}",
+                    "text": "Glad you are here, {{ name }}.",
+                },
+                "data": {"name": "Ada"},
+            },
+        )
     assert response.status_code == 202, response.text
     nid = response.json()["notifications"][0]["notification_id"]
     pipeline.wait_for_status([nid], {"delivered"})
 
     engine = sa.create_engine(pipeline.settings.database_url)
     try:
+
         def inbox_row() -> Any:
             with engine.connect() as conn:
                 return conn.execute(

@@ -75,7 +75,12 @@ class Process:
 
 class Pipeline:
     def __init__(
-        self, *, bootstrap: str, database_url: str, smtp_port: int, log_dir: Path,
+        self,
+        *,
+        bootstrap: str,
+        database_url: str,
+        smtp_port: int,
+        log_dir: Path,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
@@ -101,18 +106,37 @@ class Pipeline:
             **(extra_env or {}),
         }
         self.env.pop("SCHEMA_REGISTRY_URL", None)
-        self.worker = Process("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"],
-                              self.env, log_dir)
-        self.sink = Process("sink", [sys.executable, "-m", "connectors.postgres_sink"],
-                            self.env, log_dir)
+        self.worker = Process(
+            "worker", [sys.executable, "-m", "streams", "worker", "-l", "info"], self.env, log_dir
+        )
+        self.sink = Process(
+            "sink", [sys.executable, "-m", "connectors.postgres_sink"], self.env, log_dir
+        )
         self.shim = Process(
             "shim",
-            [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--host", "127.0.0.1",
-             "--port", str(self.shim_port), "--log-level", "warning"],
-            self.env, log_dir,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api_shim.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.shim_port),
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+            log_dir,
         )
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                  "partitioner": "murmur2_random", "linger.ms": 5})
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "partitioner": "murmur2_random",
+                "linger.ms": 5,
+            }
+        )
         self._status_consumer: Consumer | None = None
         self.statuses: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
@@ -162,12 +186,14 @@ class Pipeline:
     def poll_statuses(self) -> dict[str, list[dict[str, Any]]]:
         """Read new status events into self.statuses (notification id -> events)."""
         if self._status_consumer is None:
-            self._status_consumer = Consumer({
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": f"{self.prefix}test-{uuid.uuid4().hex[:6]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            })
+            self._status_consumer = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                    "group.id": f"{self.prefix}test-{uuid.uuid4().hex[:6]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
             self._status_consumer.subscribe([self.topics.name("notifications.status")])
         while True:
             messages = self._status_consumer.consume(500, timeout=0.5)
@@ -200,9 +226,13 @@ class Pipeline:
     def read_topic(self, logical_topic: str, timeout: float = 5.0) -> list[Any]:
         """Every message currently on a topic (all partitions), as confluent Message objects."""
         name = self.topics.name(logical_topic)
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                             "group.id": f"{self.prefix}read-{uuid.uuid4().hex[:6]}",
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": f"{self.prefix}read-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+            }
+        )
         try:
             metadata = consumer.list_topics(name, timeout=timeout)
             out = []

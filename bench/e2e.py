@@ -1,0 +1,256 @@
+"""End-to-end benchmark: N in-app notifications through all six stages on the local broker.
+
+    python bench/e2e.py --count 2000            (make bench)
+
+Prints throughput and latency percentiles (request occurred_at -> final status), side by
+side with a baseline measured in the same run: the same number of hops done by a bare
+confluent-kafka consume -> produce loop with no processing, which is what the broker and
+client alone cost on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from schemas import SchemaCatalog, build_codec  # noqa: E402
+from streams.catalog import TopicCatalog  # noqa: E402
+from streams.ids import notification_id  # noqa: E402
+from streams.kafka_clients import producer_config  # noqa: E402
+from streams.provision import provision  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+STAGE_HOPS = 5  # requests -> accepted -> enriched -> rendered -> deliver.in_app -> status
+
+
+@dataclass
+class Result:
+    name: str
+    count: int
+    seconds: float
+    latencies_ms: list[float]
+
+    def row(self) -> str:
+        q = statistics.quantiles(self.latencies_ms, n=100)
+        return (
+            f"{self.name:<28} {self.count:>7} {self.count / self.seconds:>10.0f} "
+            f"{q[49]:>9.1f} {q[94]:>9.1f} {q[98]:>9.1f}"
+        )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}."
+    )
+    provision(settings)
+    topics = TopicCatalog.load(settings)
+    codec = build_codec(None, SchemaCatalog.load())
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams", "worker", "-l", "warning"],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([topics.name("notifications.status")])
+        # Warm-up: one notification through, so worker start-up is not measured.
+        _send(settings, topics, codec, 1, "warmup")
+        _await_final(consumer, codec, 1, timeout=180)
+        started = time.monotonic()
+        expected = _send(settings, topics, codec, count, "bench")
+        latencies = _await_final(consumer, codec, count, timeout=600, ids=expected)
+        seconds = time.monotonic() - started
+        consumer.close()
+        return Result("pipeline (6 Faust stages)", count, seconds, latencies)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+
+
+def _send(
+    settings: Settings, topics: TopicCatalog, codec: object, count: int, tag: str
+) -> set[str]:
+    producer = Producer(producer_config(settings))
+    ids = set()
+    for i in range(count):
+        request_id = str(uuid.uuid4())
+        user = f"{tag}{i % 500}"
+        record = {
+            "request_id": request_id,
+            "tenant_id": "bench",
+            "occurred_at": now_ms(),
+            "channels": ["in_app"],
+            "recipients": [{"user_id": user}],
+            "content": {"subject": "Hi {{ name }}", "text": "Item {{ n }} is ready"},
+            "data_json": f'{{"name": "{user}", "n": {i}}}',
+        }
+        producer.produce(
+            topics.name("notifications.requests"),
+            key=f"bench:{user}",
+            value=codec.encode("NotificationRequest", record),
+        )  # type: ignore[attr-defined]
+        ids.add(notification_id(request_id, user, "in_app"))
+        if i % 1000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    return ids
+
+
+def _await_final(
+    consumer: Consumer, codec: object, count: int, timeout: float, ids: set[str] | None = None
+) -> list[float]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(latencies) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"only {len(latencies)} of {count} notifications finished in {timeout}s"
+            )
+        for message in consumer.consume(1000, timeout=0.5):
+            if message.error():
+                continue
+            event = codec.decode(message.value(), "StatusEvent")  # type: ignore[attr-defined]
+            if event["status"] in {"delivered", "failed"} and (
+                ids is None or event["notification_id"] in ids
+            ):
+                latencies.append(event["occurred_at"] - event["request_occurred_at"])
+    return latencies
+
+
+def run_baseline(bootstrap: str, count: int, payload: bytes) -> Result:
+    """The same hops with bare confluent-kafka loops: consume, produce unchanged, commit."""
+    prefix = f"bench-base{uuid.uuid4().hex[:6]}."
+    names = [f"{prefix}hop{i}" for i in range(STAGE_HOPS + 1)]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(n, 4, 1) for n in names]).values():
+        future.result()
+    stop = threading.Event()
+
+    def relay(source: str, target: str) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{prefix}{source}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+            }
+        )
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        )
+        consumer.subscribe([source])
+        while not stop.is_set():
+            for message in consumer.consume(500, timeout=0.2):
+                if not message.error():
+                    producer.produce(target, key=message.key(), value=message.value())
+            producer.poll(0)
+        producer.flush(10)
+        consumer.close()
+
+    threads = [
+        threading.Thread(target=relay, args=(names[i], names[i + 1]), daemon=True)
+        for i in range(STAGE_HOPS)
+    ]
+    for thread in threads:
+        thread.start()
+    sink = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{prefix}sink",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    sink.subscribe([names[-1]])
+    time.sleep(3)  # let the relays join their groups
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
+    started = time.monotonic()
+    for i in range(count):
+        producer.produce(names[0], key=f"k{i % 500}", value=struct.pack(">q", now_ms()) + payload)
+        if i % 1000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    latencies: list[float] = []
+    deadline = time.monotonic() + 300
+    while len(latencies) < count and time.monotonic() < deadline:
+        for message in sink.consume(1000, timeout=0.5):
+            if not message.error():
+                latencies.append(now_ms() - struct.unpack(">q", message.value()[:8])[0])
+    seconds = time.monotonic() - started
+    stop.set()
+    for thread in threads:
+        thread.join(15)
+    sink.close()
+    admin.delete_topics(names)
+    return Result(f"baseline ({STAGE_HOPS} bare relays)", len(latencies), seconds, latencies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    )
+    args = parser.parse_args()
+    log = REPO / "var" / "logs" / "bench-worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    codec = build_codec(None, SchemaCatalog.load())
+    sample = codec.encode(
+        "NotificationRequest",
+        {
+            "tenant_id": "bench",
+            "occurred_at": now_ms(),
+            "channels": ["in_app"],
+            "recipients": [{"user_id": "u1"}],
+            "content": {"text": "Item {{ n }} is ready"},
+            "data_json": '{"n": 1}',
+        },
+    )
+    baseline = run_baseline(args.bootstrap, args.count, sample)
+    pipeline = run_pipeline(args.bootstrap, args.count, log)
+    print(f"\n{'':<28} {'count':>7} {'msg/s':>10} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
+    print(baseline.row())
+    print(pipeline.row())
+    print(
+        f"\n{os.cpu_count()} cores; latency: request occurred_at -> final status event "
+        f"(pipeline) / -> arrival after the last hop (baseline)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""`make run`: the whole pipeline on the local broker, with sample notifications flowing.
+
+Starts an SMTP capture server, the Faust worker, the Postgres/SQLite sink and the HTTP shim
+as child processes, sends sample notifications (an email and an in-app message through the
+shim, an email produced straight to Kafka), and prints every status transition.
+Ctrl-C stops everything. `--demo` exits once the samples reached a final state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+from aiosmtpd.controller import Controller  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
+
+from schemas import SchemaCatalog, build_codec  # noqa: E402
+from streams.catalog import TopicCatalog  # noqa: E402
+from streams.ids import notification_id  # noqa: E402
+from streams.kafka_clients import producer_config  # noqa: E402
+from streams.lifecycle import FINAL_STATUSES  # noqa: E402
+from streams.provision import provision  # noqa: E402
+from streams.settings import get_settings  # noqa: E402
+
+SHIM_PORT = int(os.environ.get("SHIM_PORT", "8000"))
+API_KEY = next(iter(get_settings().shim_api_keys))
+
+
+class PrintingSmtpHandler:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        print(f"  [smtp] mail to {message['To']}: {message['Subject']!r}", flush=True)
+        return "250 OK"
+
+
+def start(name: str, argv: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
+    log = (log_dir / f"{name}.log").open("ab")
+    print(f"starting {name}: logs in {log_dir / (name + '.log')}")
+    return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_shim(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{SHIM_PORT}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the shim did not come up; see var/logs/shim.log")
+
+
+def send_samples() -> list[str]:
+    """Two notifications through the HTTP shim, one straight to Kafka. Returns their ids."""
+    ids = []
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{SHIM_PORT}", timeout=30, headers={"X-API-Key": API_KEY}
+    ) as client:
+        for body in (
+            {
+                "recipients": [{"user_id": "ada", "email": "ada@example.com"}],
+                "channels": ["email"],
+                "content": {
+                    "subject": "Welcome, {{ name }}!",
+                    "text": "Hello {{ name }}, your account is ready.",
+                },
+                "data": {"name": "Ada"},
+            },
+            {
+                "recipients": [{"user_id": "ada"}],
+                "channels": ["in_app"],
+                "content": {"subject": "Tip", "text": "You have {{ n }} new features to try."},
+                "data": {"n": 3},
+            },
+        ):
+            response = client.post("/api/v1/notifications", json=body)
+            response.raise_for_status()
+            ids += [n["notification_id"] for n in response.json()["notifications"]]
+            print(f"POST /api/v1/notifications -> {response.status_code} {response.json()}")
+
+    settings = get_settings()
+    codec = build_codec(settings.schema_registry_url, SchemaCatalog.load())
+    request_id = str(uuid.uuid4())
+    record = {
+        "request_id": request_id,
+        "tenant_id": settings.shim_api_keys[API_KEY],
+        "occurred_at": int(time.time() * 1000),
+        "channels": ["email"],
+        "recipients": [{"user_id": "grace", "email": "grace@example.com"}],
+        "content": {
+            "subject": "Order {{ order }} shipped",
+            "text": "Order {{ order }} is on its way.",
+        },
+        "data_json": json.dumps({"order": "A-1001"}),
+    }
+    producer = Producer(producer_config(settings))
+    producer.produce(
+        TopicCatalog.load(settings).name("notifications.requests"),
+        key=f"{record['tenant_id']}:grace",
+        value=codec.encode("NotificationRequest", record),
+    )
+    producer.flush(10)
+    ids.append(notification_id(request_id, "grace", "email"))
+    print(f"produced a NotificationRequest straight to Kafka (request {request_id})")
+    return ids
+
+
+def follow_statuses(samples: list[str], since_ms: int, demo: bool, timeout: float = 120) -> None:
+    """Print status events newer than `since_ms`; with `demo`, stop when the samples are done."""
+    settings = get_settings()
+    codec = build_codec(settings.schema_registry_url, SchemaCatalog.load())
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"run-local-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([TopicCatalog.load(settings).name("notifications.status")])
+    pending = set(samples)
+    deadline = time.monotonic() + timeout
+    while not demo or (pending and time.monotonic() < deadline):
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        event = codec.decode(message.value(), "StatusEvent")
+        if event["occurred_at"] < since_ms:
+            continue  # history from earlier runs
+        reason = f" ({event['reason']})" if event["reason"] else ""
+        print(
+            f"  [status] {event['notification_id'][:8]} {event['channel'] or '-':7} "
+            f"{event['status']}{reason}",
+            flush=True,
+        )
+        if event["status"] in FINAL_STATUSES:
+            pending.discard(event["notification_id"])
+    consumer.close()
+    if pending:
+        raise SystemExit(f"{len(pending)} samples did not reach a final state")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--demo", action="store_true", help="exit after the samples are done")
+    args = parser.parse_args()
+    settings = get_settings()
+    log_dir = REPO / "var" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for line in provision(settings).lines():
+        print(f"topics: {line}")
+
+    smtp = Controller(PrintingSmtpHandler(), hostname="127.0.0.1", port=settings.smtp_port)
+    smtp.start()
+    print(f"SMTP capture listening on 127.0.0.1:{settings.smtp_port}")
+    python = sys.executable
+    children = [
+        start("worker", [python, "-m", "streams", "worker", "-l", "info"], log_dir),
+        start("sink", [python, "-m", "connectors.postgres_sink"], log_dir),
+        start(
+            "shim",
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "api_shim.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(SHIM_PORT),
+            ],
+            log_dir,
+        ),
+    ]
+    try:
+        wait_for_shim()
+        print(f"shim on http://127.0.0.1:{SHIM_PORT} (OpenAPI at /docs, API key {API_KEY!r})")
+        since_ms = int(time.time() * 1000)
+        samples = send_samples()
+        follow_statuses(samples, since_ms, args.demo)
+        print("all samples reached a final state" if args.demo else "")
+    except KeyboardInterrupt:
+        print("\nstopping…")
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        smtp.stop()
+
+
+if __name__ == "__main__":
+    main()
