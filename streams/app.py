@@ -111,9 +111,6 @@ def table(name: str) -> Any:
         name,
         default=None,
         partitions=spec.partitions,
-        key_type=str,
-        value_type=None,
-        key_serializer="utf8",
-        value_serializer="json",
+        schema=faust.Schema(key_type=str, key_serializer="utf8", value_serializer="json"),
         changelog_topic=changelog(name),
     )

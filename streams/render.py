@@ -39,6 +39,7 @@ _html_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, auto
 templates = ReplicatedView(
     settings.kafka_bootstrap_servers,
     catalog.name("notifications.templates"),
+    catalog["notifications.templates"].partitions,
     lambda value: codec.decode(value, "Template"),
 )
 

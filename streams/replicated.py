@@ -21,9 +21,10 @@ Decode = Callable[[bytes], dict[str, Any]]
 
 
 class ReplicatedView:
-    def __init__(self, bootstrap: str, topic: str, decode: Decode) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int, decode: Decode) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
+        self._partitions = partitions
         self._decode = decode
         self._data: dict[str, dict[str, Any]] = {}
         self._ready = asyncio.Event()
@@ -34,7 +35,13 @@ class ReplicatedView:
 
     async def wait_ready(self) -> None:
         """Until the view has read every partition up to where it ended at start-up."""
-        await self._ready.wait()
+        assert self._task is not None, "start() first"
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            ready.cancel()
+            self._task.result()  # re-raises why the view died
+            raise RuntimeError(f"replicated view of {self._topic} stopped before it was ready")
 
     def start(self) -> None:
         if self._task is None:
@@ -52,13 +59,7 @@ class ReplicatedView:
         )
         await consumer.start()
         try:
-            await consumer.topics()  # loads cluster metadata
-            partitions = consumer.partitions_for_topic(self._topic)
-            if not partitions:
-                raise RuntimeError(
-                    f"topic {self._topic} is missing; run python -m streams.provision"
-                )
-            tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)

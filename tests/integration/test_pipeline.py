@@ -104,7 +104,7 @@ def test_shim_and_upstream_notifications_arrive_once_rendered_and_reach_sent(
         expected[notification_id(record["request_id"], user, "email")] = user
     assert upstream.flush(30) == 0
 
-    smtp.wait_for(400, timeout=180)
+    smtp.wait_for(400, timeout=180, check=pipeline.assert_alive)
     time.sleep(1)  # a duplicate would arrive right behind
     received = smtp.by_notification_id()
     ours = {nid: msgs for nid, msgs in received.items() if nid in expected}

@@ -160,6 +160,12 @@ class Pipeline:
         if self._status_consumer is not None:
             self._status_consumer.close()
 
+    def assert_alive(self) -> None:
+        """Fail fast, with the log, when a pipeline process died instead of timing out."""
+        for process in (self.worker, self.sink):
+            if process.proc is not None and not process.alive():
+                raise AssertionError(f"{process.name} exited:\n{process.tail()}")
+
     def _shim_ready(self) -> bool:
         try:
             return httpx.get(f"{self.shim_url}/health", timeout=1).status_code == 200
@@ -210,6 +216,7 @@ class Pipeline:
 
     def wait_for_status(self, ids: list[str], statuses: set[str], timeout: float = 120) -> None:
         def done() -> bool:
+            self.assert_alive()
             self.poll_statuses()
             return all(self.latest(nid) & statuses for nid in ids)
 

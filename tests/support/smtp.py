@@ -6,6 +6,7 @@ import threading
 import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -53,9 +54,14 @@ class SmtpCapture:
             out.setdefault(str(message["X-Notification-Id"]), []).append(message)
         return out
 
-    def wait_for(self, count: int, timeout: float = 120.0) -> list[EmailMessage]:
+    def wait_for(
+        self, count: int, timeout: float = 120.0, check: Callable[[], None] | None = None
+    ) -> list[EmailMessage]:
+        """Wait for `count` messages; `check` may raise to stop waiting early."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if check is not None:
+                check()
             if len(self.messages) >= count:
                 return self.messages
             time.sleep(0.2)
