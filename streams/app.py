@@ -52,6 +52,7 @@ app = faust.App(
     web_host="127.0.0.1",
     broker_commit_interval=1.0,
     stream_buffer_maxsize=1024,
+    TableManager="streams.faust_fixes:FixedTableManager",
 )
 
 

@@ -107,7 +107,7 @@ class Pipeline:
         }
         self.env.pop("SCHEMA_REGISTRY_URL", None)
         self.worker = Process(
-            "worker", [sys.executable, "-m", "streams", "worker", "-l", "info"], self.env, log_dir
+            "worker", [sys.executable, "-m", "streams", "worker", "-l", os.environ.get("WORKER_LOG_LEVEL", "info")], self.env, log_dir
         )
         self.sink = Process(
             "sink", [sys.executable, "-m", "connectors.postgres_sink"], self.env, log_dir
