@@ -4,21 +4,24 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run demo test lint typecheck infra-up infra-down clean
+.PHONY: help run demo test bench lint typecheck infra-up infra-down clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
 
-run: ## start local Kafka (127.0.0.1:9092) and run the workers, sink and shim
+run: ## local Kafka (127.0.0.1:9092), workers, sink, shim; sends samples, prints statuses; Ctrl-C stops
 	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) scripts/run_local.py
 
-demo: ## like run, and send demo notifications through the pipeline
+demo: ## like run, but exits once the samples reached a final state
 	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) scripts/run_local.py --demo
 
-test: ## the full test suite against a throwaway Kafka (29092) and Postgres (55432); ARGS=... for pytest
+test: ## whole suite on a throwaway Kafka (29092), Postgres (55432), registry (28081); ARGS=...
 	scripts/test.sh $(ARGS)
+
+bench: ## end-to-end benchmark on the local Kafka (127.0.0.1:9092); COUNT=... notifications
+	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/e2e.py --count $(or $(COUNT),2000)
 
 lint: ## ruff check, ruff format --check, docker-compose config -q
 	scripts/bootstrap.sh

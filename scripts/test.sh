@@ -4,7 +4,8 @@
 #   scripts/test.sh [pytest args...]      e.g. scripts/test.sh -k provision -x
 #
 # 1. bootstraps .venv, 2. checks docker-compose.yml (`docker-compose config -q`),
-# 3. starts a fresh Kafka on 127.0.0.1:29092 and Postgres on 127.0.0.1:55432 (test-only ports
+# 3. starts a fresh Kafka on 127.0.0.1:29092, Postgres on 127.0.0.1:55432 and a schema registry
+#    on 127.0.0.1:28081 (test-only ports
 #    and data dirs, so a running `make run` / `make infra-up` is not disturbed),
 # 4. runs pytest with TEST_KAFKA_BOOTSTRAP and TEST_DATABASE_URL exported,
 # 5. stops both on exit, whatever happened, and exits with pytest's code
@@ -25,6 +26,9 @@ TEST_PG_PORT="${TEST_PG_PORT:-55432}"
 KAFKA_ENV=(env KAFKA_PORT="$TEST_KAFKA_PORT" KAFKA_CONTROLLER_PORT="$((TEST_KAFKA_PORT + 1))"
            KAFKA_DATA_DIR="$ROOT/var/test-kafka-$TEST_KAFKA_PORT")
 PG_ENV=(env -u PG_DATA_DIR PG_PORT="$TEST_PG_PORT")
+TEST_REGISTRY_PORT="${TEST_REGISTRY_PORT:-28081}"
+REGISTRY_ENV=(env REGISTRY_PORT="$TEST_REGISTRY_PORT"
+              REGISTRY_DATA_DIR="$ROOT/var/test-registry-$TEST_REGISTRY_PORT")
 
 step() { echo "==> $*"; }
 
@@ -56,6 +60,7 @@ cleanup() {
     echo "==> stopping test Kafka and Postgres"
     "${KAFKA_ENV[@]}" scripts/kafka.sh stop || true
     "${PG_ENV[@]}" scripts/postgres.sh stop || true
+    "${REGISTRY_ENV[@]}" scripts/registry.sh stop >/dev/null 2>&1 || true
     exit "$rc"
 }
 trap cleanup EXIT
@@ -74,6 +79,12 @@ step "start Kafka on 127.0.0.1:$TEST_KAFKA_PORT"
 "${KAFKA_ENV[@]}" scripts/kafka.sh start
 step "start Postgres on 127.0.0.1:$TEST_PG_PORT"
 "${PG_ENV[@]}" scripts/postgres.sh start >/dev/null
+
+# The Confluent-framing tests run against a real Confluent-compatible registry (Apicurio).
+step "start the schema registry on 127.0.0.1:$TEST_REGISTRY_PORT"
+"${REGISTRY_ENV[@]}" scripts/registry.sh start
+TEST_SCHEMA_REGISTRY_URL="$("${REGISTRY_ENV[@]}" scripts/registry.sh url)"
+export TEST_SCHEMA_REGISTRY_URL
 
 export TEST_KAFKA_BOOTSTRAP="127.0.0.1:$TEST_KAFKA_PORT"
 TEST_DATABASE_URL="$("${PG_ENV[@]}" scripts/postgres.sh url)"

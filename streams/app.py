@@ -10,9 +10,9 @@ from typing import Any
 
 import faust
 from faust.serializers import codecs
-from schemas.faust_codec import codec_name
 
 from schemas import SchemaCatalog, build_codec, register_faust_codecs
+from schemas.faust_codec import codec_name
 from streams.catalog import TopicCatalog
 from streams.settings import get_settings
 

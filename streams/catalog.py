@@ -31,7 +31,7 @@ class TopicSpec(BaseModel):
     doc: str = ""
 
     def kafka_config(self) -> dict[str, str]:
-        config = {"cleanup.policy": self.cleanup_policy}
+        config: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
         return config

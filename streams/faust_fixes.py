@@ -44,9 +44,7 @@ class SeekBeforeResumeRecovery(Recovery):
             return
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
-            await self._wait(
-                consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout
-            )
+            await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
         # The fix: resume only once every stream partition sits at its committed offset.
         consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
         self.completed.set()

@@ -35,8 +35,9 @@ def test_worker_restart_mid_stream_loses_nothing_and_counts_stay_exact(
         received = smtp.by_notification_id()
         return sum(1 for nid in ids if nid in received)
 
-    wait_until(lambda: pipeline.assert_alive() or ours_sent() >= 40, 120,
-               "the first emails of the batch")
+    wait_until(
+        lambda: pipeline.assert_alive() or ours_sent() >= 40, 120, "the first emails of the batch"
+    )
     pipeline.worker.stop(stop_signal)
     sent_before_restart = ours_sent()
     assert sent_before_restart < TOTAL, "the worker finished before it was stopped"

@@ -82,6 +82,7 @@ class Pipeline:
         smtp_port: int,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        schema_registry_url: str | None = None,
     ) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
         self.settings = Settings(
@@ -89,7 +90,7 @@ class Pipeline:
         )
         self.topics = TopicCatalog.load(self.settings)
         self.schemas = SchemaCatalog.load()
-        self.codec = build_codec(None, self.schemas)
+        self.codec = build_codec(schema_registry_url, self.schemas)
         self.web_port = free_port()
         self.shim_port = free_port()
         self.env = {
@@ -106,8 +107,20 @@ class Pipeline:
             **(extra_env or {}),
         }
         self.env.pop("SCHEMA_REGISTRY_URL", None)
+        if schema_registry_url:
+            self.env["SCHEMA_REGISTRY_URL"] = schema_registry_url
         self.worker = Process(
-            "worker", [sys.executable, "-m", "streams", "worker", "-l", os.environ.get("WORKER_LOG_LEVEL", "info")], self.env, log_dir
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "streams",
+                "worker",
+                "-l",
+                os.environ.get("WORKER_LOG_LEVEL", "info"),
+            ],
+            self.env,
+            log_dir,
         )
         self.sink = Process(
             "sink", [sys.executable, "-m", "connectors.postgres_sink"], self.env, log_dir

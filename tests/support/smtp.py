@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.controller import Controller
