@@ -94,11 +94,14 @@ topics = Topics()
 
 
 def changelog(table_name: str) -> Any:
+    # JSON keys and values: the serializers Faust's tables write their changelogs with.
+    # The topic must decode with the same ones, or recovery restores keys that no lookup
+    # matches (the table looks empty after a restart).
     spec = catalog.changelog(table_name)
     return app.topic(
         spec.physical_name,
         partitions=spec.partitions,
-        key_serializer="utf8",
+        key_serializer="json",
         value_serializer="json",
         compacting=True,
         deleting=False,
@@ -108,10 +111,12 @@ def changelog(table_name: str) -> Any:
 def table(name: str) -> Any:
     """A plain (non-windowed) table with a JSON changelog declared in topics.yaml."""
     spec = catalog.changelog(name)
-    return app.Table(
+    table = app.Table(
         name,
         default=None,
         partitions=spec.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="utf8", value_serializer="json"),
+        key_type=str,
         changelog_topic=changelog(name),
     )
+    assert table.key_serializer == table.changelog_topic.key_serializer == "json"
+    return table

@@ -20,13 +20,12 @@ from faust.types import EventT, StreamT
 from connectors.base import Connector, DeliveryResult, OutboundMessage
 from connectors.in_app import InAppConfig, InAppConnector
 from connectors.smtp import SmtpConfig, SmtpConnector
-from schemas import SchemaError
 from streams import metrics
 from streams.app import app, settings, table, topics
 from streams.events import (
     Rejected,
     dead_letter,
-    decode,
+    decode_or_dead_letter,
     emit_status,
     guarded,
     now_ms,
@@ -96,10 +95,8 @@ async def send_with_retries(provider: Connector[Any], message: OutboundMessage) 
 
 async def handle(event: EventT) -> None:
     headers = outgoing_headers(event)
-    try:
-        notification = decode(event, "Notification")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=STAGE, error=exc)
+    notification = await decode_or_dead_letter(event, "Notification", STAGE)
+    if notification is None:
         return
     nid = notification["notification_id"]
     previous = delivered.get(nid)

@@ -12,17 +12,9 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from schemas import SchemaError
 from streams import metrics
 from streams.app import app, table, topics
-from streams.events import (
-    Rejected,
-    dead_letter,
-    decode,
-    emit_status,
-    guarded,
-    outgoing_headers,
-)
+from streams.events import decode_or_dead_letter, emit_status, guarded, outgoing_headers
 
 STAGE = "enrich"
 DEFAULT_LOCALE = "en"
@@ -74,10 +66,8 @@ def enrich(notification: dict[str, Any], profile: dict[str, Any] | None) -> dict
 
 async def handle(event: EventT) -> None:
     headers = outgoing_headers(event)
-    try:
-        notification = decode(event, "Notification")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=STAGE, error=exc)
+    notification = await decode_or_dead_letter(event, "Notification", STAGE)
+    if notification is None:
         return
     key = event.key
     reason = suppression_reason(preferences.get(key), notification["channel"])
@@ -112,10 +102,9 @@ async def _materialise(event: EventT, target: Any, schema_name: str) -> None:
     if event.value is None:  # tombstone
         target.pop(event.key, None)
         return
-    try:
-        target[event.key] = decode(event, schema_name)
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=f"{STAGE}:{schema_name}", error=exc)
+    record = await decode_or_dead_letter(event, schema_name, f"{STAGE}:{schema_name}")
+    if record is not None:
+        target[event.key] = record
 
 
 @app.agent(topics.source("users.profiles"), concurrency=1)

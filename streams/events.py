@@ -32,6 +32,17 @@ def decode(event: EventT, schema_name: str) -> dict[str, Any]:
     return codec.decode(bytes(value), schema_name)
 
 
+async def decode_or_dead_letter(
+    event: EventT, schema_name: str, stage: str
+) -> dict[str, Any] | None:
+    """The decoded value, or None after dead-lettering a message no schema can read."""
+    try:
+        return decode(event, schema_name)
+    except (SchemaError, Rejected) as exc:
+        await dead_letter(event, stage=stage, error=exc)
+        return None
+
+
 def outgoing_headers(event: EventT) -> dict[str, bytes]:
     """Headers to put on messages produced while processing `event` (trace context)."""
     return tracing.child_headers(event.headers)

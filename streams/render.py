@@ -16,13 +16,10 @@ import jinja2
 from faust.types import EventT, StreamT
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from schemas import SchemaError
 from streams import metrics
 from streams.app import app, catalog, codec, settings, topics
 from streams.events import (
-    Rejected,
-    dead_letter,
-    decode,
+    decode_or_dead_letter,
     emit_status,
     guarded,
     outgoing_headers,
@@ -92,10 +89,8 @@ def render(notification: dict[str, Any]) -> dict[str, Any]:
 
 async def handle(event: EventT) -> None:
     headers = outgoing_headers(event)
-    try:
-        notification = decode(event, "Notification")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=STAGE, error=exc)
+    notification = await decode_or_dead_letter(event, "Notification", STAGE)
+    if notification is None:
         return
     try:
         rendered = render(notification)

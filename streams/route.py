@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from faust.types import EventT, StreamT
 
-from schemas import SchemaError
 from streams import metrics
 from streams.app import app, catalog, topics
 from streams.events import (
-    Rejected,
-    dead_letter,
-    decode,
+    decode_or_dead_letter,
     emit_status,
     guarded,
     outgoing_headers,
@@ -35,10 +32,8 @@ def delivery_topic(channel: str) -> str | None:
 
 async def handle(event: EventT) -> None:
     headers = outgoing_headers(event)
-    try:
-        notification = decode(event, "Notification")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=STAGE, error=exc)
+    notification = await decode_or_dead_letter(event, "Notification", STAGE)
+    if notification is None:
         return
     target = delivery_topic(notification["channel"])
     if target is None:

@@ -18,9 +18,8 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from schemas import SchemaError
 from streams.app import app, table, topics
-from streams.events import Rejected, dead_letter, decode, guarded
+from streams.events import decode_or_dead_letter, guarded
 from streams.lifecycle import rank
 
 STAGE = "status"
@@ -35,10 +34,8 @@ def _newer(event: dict[str, Any], current: dict[str, Any] | None) -> bool:
 
 
 async def handle_status(event: EventT) -> None:
-    try:
-        status = decode(event, "StatusEvent")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=STAGE, error=exc)
+    status = await decode_or_dead_letter(event, "StatusEvent", STAGE)
+    if status is None:
         return
     nid = status["notification_id"]
     current = notification_state.get(nid)
@@ -62,10 +59,8 @@ def shard_key(batch_id: str, notification_id: str) -> str:
 
 
 async def handle_batch_status(event: EventT) -> None:
-    try:
-        status = decode(event, "StatusEvent")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=f"{STAGE}:batch", error=exc)
+    status = await decode_or_dead_letter(event, "StatusEvent", f"{STAGE}:batch")
+    if status is None:
         return
     key = shard_key(status["batch_id"], status["notification_id"])
     shard = batch_state.get(key) or {"members": {}}

@@ -26,7 +26,9 @@ def test_worker_restart_mid_stream_loses_nothing_and_counts_stay_exact(
     ids = []
     for i in range(TOTAL):
         user = f"{stop_signal.name.lower()}{i}"
-        record = request_record(user, batch_id=batch_id)
+        # The first request carries an idempotency key, reused after the restart below.
+        key = f"key-{batch_id}" if i == 0 else None
+        record = request_record(user, batch_id=batch_id, idempotency_key=key)
         pipeline.produce_record("notifications.requests", f"acme:{user}", record)
         ids.append(notification_id(record["request_id"], user, "email"))
     pipeline.flush()
