@@ -71,7 +71,7 @@ def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
         "LOG_LEVEL": "WARNING",
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "-l", "warning"],
+        [sys.executable, "-m", "streams", "worker", "-l", "warn"],
         cwd=REPO,
         env=env,
         stdout=log.open("ab"),
@@ -89,10 +89,10 @@ def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
         consumer.subscribe([topics.name("notifications.status")])
         # Warm-up: one notification through, so worker start-up is not measured.
         _send(settings, topics, codec, 1, "warmup")
-        _await_final(consumer, codec, 1, timeout=180)
+        _await_final(consumer, codec, 1, timeout=180, worker=worker)
         started = time.monotonic()
         expected = _send(settings, topics, codec, count, "bench")
-        latencies = _await_final(consumer, codec, count, timeout=600, ids=expected)
+        latencies = _await_final(consumer, codec, count, timeout=600, ids=expected, worker=worker)
         seconds = time.monotonic() - started
         consumer.close()
         return Result("pipeline (6 Faust stages)", count, seconds, latencies)
@@ -131,11 +131,18 @@ def _send(
 
 
 def _await_final(
-    consumer: Consumer, codec: object, count: int, timeout: float, ids: set[str] | None = None
+    consumer: Consumer,
+    codec: object,
+    count: int,
+    timeout: float,
+    ids: set[str] | None = None,
+    worker: subprocess.Popen[bytes] | None = None,
 ) -> list[float]:
     latencies: list[float] = []
     deadline = time.monotonic() + timeout
     while len(latencies) < count:
+        if worker is not None and worker.poll() is not None:
+            raise SystemExit(f"the worker exited ({worker.returncode}): var/logs/bench-worker.log")
         if time.monotonic() > deadline:
             raise SystemExit(
                 f"only {len(latencies)} of {count} notifications finished in {timeout}s"
