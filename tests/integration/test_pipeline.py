@@ -297,3 +297,32 @@ def test_in_app_notification_lands_in_the_inbox(pipeline: Pipeline) -> None:
         mine = client.get(f"/api/v1/notifications/{nid}", headers=HEADERS)
         theirs = client.get(f"/api/v1/notifications/{nid}", headers={"X-API-Key": "key-globex"})
     assert mine.status_code == 200 and theirs.status_code == 404
+
+
+def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
+    trace_id = uuid.uuid4().hex
+    record = request_record("traced")
+    pipeline.produce(
+        "notifications.requests",
+        "acme:traced",
+        pipeline.codec.encode("NotificationRequest", record),
+        headers={"traceparent": f"00-{trace_id}-{'1' * 16}-01".encode()},
+    )
+    pipeline.flush()
+    nid = notification_id(record["request_id"], "traced", "email")
+    pipeline.wait_for_status([nid], {"sent"})
+
+    def traceparents(topic: str) -> list[str]:
+        found = []
+        for message in pipeline.read_topic(topic):
+            if nid.encode() in message.value():
+                headers = dict(message.headers() or [])
+                found.append(headers["traceparent"].decode())
+        return found
+
+    for topic in ("notifications.accepted", "notifications.rendered", "notifications.status"):
+        parents = traceparents(topic)
+        assert parents, topic
+        assert all(p.split("-")[1] == trace_id for p in parents), (topic, parents)
+        # each hop is a child span: a new span id, the same trace
+        assert all(p.split("-")[2] != "1" * 16 for p in parents), (topic, parents)

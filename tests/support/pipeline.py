@@ -190,8 +190,16 @@ class Pipeline:
         return f"http://127.0.0.1:{self.shim_port}"
 
     # -- producing ------------------------------------------------------------------------
-    def produce(self, logical_topic: str, key: str | None, value: bytes | None) -> None:
-        self.producer.produce(self.topics.name(logical_topic), key=key, value=value)
+    def produce(
+        self,
+        logical_topic: str,
+        key: str | None,
+        value: bytes | None,
+        headers: dict[str, bytes] | None = None,
+    ) -> None:
+        self.producer.produce(
+            self.topics.name(logical_topic), key=key, value=value, headers=headers
+        )
 
     def produce_record(self, logical_topic: str, key: str | None, record: dict[str, Any]) -> None:
         schema = self.topics[logical_topic].value_schema
