@@ -7,27 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from confluent_kafka.admin import AdminClient
-
-from streams.kafka_clients import admin_config
-from streams.provision import existing_partitions
+from streams.provision import provision
 from streams.settings import get_settings
 
 
-def missing_topics() -> list[str]:
-    from streams.catalog import TopicCatalog
-
-    settings = get_settings()
-    existing = existing_partitions(AdminClient(admin_config(settings)))
-    return [
-        spec.physical_name
-        for spec in TopicCatalog.load(settings)
-        if spec.physical_name not in existing
-    ]
-
-
 def main() -> None:
-    missing = missing_topics()
+    missing = provision(get_settings(), create=False).missing
     if missing:
         sys.exit(
             "refusing to start: these topics are missing: "

@@ -111,7 +111,7 @@ def changelog(table_name: str) -> Any:
 def table(name: str) -> Any:
     """A plain (non-windowed) table with a JSON changelog declared in topics.yaml."""
     spec = catalog.changelog(name)
-    table = app.Table(
+    table: Any = app.Table(
         name,
         default=None,
         partitions=spec.partitions,
