@@ -71,7 +71,7 @@ def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
         "LOG_LEVEL": "WARNING",
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "-l", "warn"],
+        [sys.executable, "-m", "streams", "worker", "-l", "info"],
         cwd=REPO,
         env=env,
         stdout=log.open("ab"),
