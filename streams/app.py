@@ -46,7 +46,6 @@ app = faust.App(
     topic_partitions=catalog["notifications.requests"].partitions,
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
-    producer_partitioner=None,
     web_enabled=settings.worker_web_port is not None,
     web_port=settings.worker_web_port or 6066,
     web_host="127.0.0.1",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 
-from schemas import SchemaError
+from schemas import RegistryUnavailableError, SchemaError
 from streams import metrics, tracing
 from streams.app import codec, topics
 from streams.ids import status_event_id
@@ -38,6 +40,8 @@ async def decode_or_dead_letter(
     """The decoded value, or None after dead-lettering a message no schema can read."""
     try:
         return decode(event, schema_name)
+    except RegistryUnavailableError:
+        raise  # transient: `guarded` retries
     except (SchemaError, Rejected) as exc:
         await dead_letter(event, stage=stage, error=exc)
         return None
@@ -128,18 +132,34 @@ async def dead_letter(
     )
 
 
+# Infrastructure that is down, not a bad message: wait for it rather than park the message.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (RegistryUnavailableError, KafkaError)
+MAX_BACKOFF_SECONDS = 30.0
+
+
 async def guarded(stage: str, event: EventT, handler: Any) -> None:
     """Run a stage's handler; an unexpected error dead-letters the message, never the agent.
 
-    The handlers catch what they expect (decode and validation errors). Anything else is
-    a bug or a malformed message no rule foresaw: park it with its traceback's message so
-    the partition keeps moving and an operator can replay it after a fix.
+    The handlers catch what they expect (decode and validation errors). A transient
+    infrastructure error (schema registry or Kafka unreachable) retries the handler with
+    backoff, holding the partition: handlers are idempotent, and parking every message
+    while the registry is down would empty the pipeline into the dead-letter topic.
+    Anything else is a bug or a malformed message no rule foresaw: park it with its error
+    so the partition keeps moving and an operator can replay it after a fix.
     """
-    try:
-        await handler(event)
-    except Exception as exc:
-        log.exception("unexpected error in %s", stage)
-        await dead_letter(event, stage=stage, error=exc)
+    delay = 0.5
+    while True:
+        try:
+            await handler(event)
+            return
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s: %s; retrying in %.1fs", stage, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+        except Exception as exc:
+            log.exception("unexpected error in %s", stage)
+            await dead_letter(event, stage=stage, error=exc)
+            return
 
 
 __all__ = [

@@ -11,13 +11,12 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from schemas import SchemaError
 from streams import metrics
 from streams.app import app, settings, table, topics
 from streams.events import (
     Rejected,
     dead_letter,
-    decode,
+    decode_or_dead_letter,
     emit_status,
     guarded,
     now_ms,
@@ -108,10 +107,8 @@ def claim_idempotency_key(request: dict[str, Any], request_id: str, partition: i
 
 async def handle(event: EventT) -> None:
     headers = outgoing_headers(event)
-    try:
-        request = decode(event, "NotificationRequest")
-    except (SchemaError, Rejected) as exc:
-        await dead_letter(event, stage=STAGE, error=exc)
+    request = await decode_or_dead_letter(event, "NotificationRequest", STAGE)
+    if request is None:
         return
     message = event.message
     request_id = request.get("request_id") or request_id_from_position(

@@ -145,3 +145,18 @@ def test_latest_state_is_the_highest_rank() -> None:
     assert rank("suppressed") > rank("read")
     with pytest.raises(ValueError, match="unknown status"):
         rank("teleported")
+
+
+async def test_transient_errors_retry_the_handler_instead_of_dead_lettering() -> None:
+    from schemas import RegistryUnavailableError
+    from streams.events import guarded
+
+    calls: list[int] = []
+
+    async def handler(event: Any) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RegistryUnavailableError("registry down")
+
+    await guarded("test", object(), handler)  # type: ignore[arg-type]
+    assert len(calls) == 3
