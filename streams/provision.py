@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.catalog import TopicCatalog
+from streams.catalog import TopicCatalog, TopicSpec
 from streams.kafka_clients import admin_config
 from streams.settings import Settings, get_settings
 
@@ -42,42 +43,62 @@ def existing_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, 
 
 def provision(settings: Settings, *, create: bool = True, timeout: float = 30.0) -> ProvisionReport:
     admin = AdminClient(admin_config(settings))
-    catalog = TopicCatalog.load(settings)
+    specs = {spec.physical_name: spec for spec in TopicCatalog.load(settings)}
     existing = existing_partitions(admin)
     report = ProvisionReport()
-    to_create: list[NewTopic] = []
-    for spec in catalog:
-        have = existing.get(spec.physical_name)
+    absent = [name for name in specs if name not in existing]
+    if not create:
+        report.missing = absent
+    elif absent:
+        already = _create(admin, [specs[name] for name in absent], report, timeout)
+        # Created meanwhile by someone else, or not yet in the metadata we read: wait until
+        # they show up so their partition counts are checked too.
+        if already:
+            seen = _wait_visible(admin, already)
+            existing.update({name: seen[name] for name in already})
+    for name, spec in specs.items():
+        have = existing.get(name)
         if have is None:
-            if create:
-                to_create.append(
-                    NewTopic(
-                        spec.physical_name,
-                        num_partitions=spec.partitions,
-                        replication_factor=spec.replication_factor,
-                        config=spec.kafka_config(),
-                    )
-                )
-            else:
-                report.missing.append(spec.physical_name)
             continue
-        report.present.append(spec.physical_name)
+        report.present.append(name)
         if have != spec.partitions:
-            report.drift.append(
-                f"{spec.physical_name}: {have} partitions, topics.yaml says {spec.partitions}"
-            )
-    if to_create:
-        futures = admin.create_topics(to_create, operation_timeout=timeout, request_timeout=timeout)
-        for name, future in futures.items():
-            try:
-                future.result()
-                report.created.append(name)
-            except Exception as exc:  # already created by a concurrent provisioner is fine
-                if "TOPIC_ALREADY_EXISTS" in str(exc):
-                    report.present.append(name)
-                else:
-                    raise
+            report.drift.append(f"{name}: {have} partitions, topics.yaml says {spec.partitions}")
     return report
+
+
+def _wait_visible(admin: AdminClient, names: list[str], attempts: int = 20) -> dict[str, int]:
+    for _ in range(attempts):
+        seen = existing_partitions(admin)
+        if all(name in seen for name in names):
+            return seen
+        time.sleep(0.25)
+    raise RuntimeError(f"topics reported as existing never appeared in metadata: {names}")
+
+
+def _create(
+    admin: AdminClient, specs: list[TopicSpec], report: ProvisionReport, timeout: float
+) -> list[str]:
+    """Create topics; the names of those that already existed."""
+    new_topics = [
+        NewTopic(
+            spec.physical_name,
+            num_partitions=spec.partitions,
+            replication_factor=spec.replication_factor,
+            config=spec.kafka_config(),
+        )
+        for spec in specs
+    ]
+    futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
+    already = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            report.created.append(name)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+            already.append(name)
+    return already
 
 
 def main(argv: list[str] | None = None) -> int:
