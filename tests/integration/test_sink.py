@@ -8,7 +8,6 @@ rows however often the topics are replayed.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -36,33 +35,12 @@ TENANT = "tenant-sink"
 CODEC = build_codec(None, SchemaCatalog.load())
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(f"{name} is not set: run the integration tests with `make test`")
-    return value
-
-
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    """A fresh Postgres database for this module, dropped afterwards."""
-    admin_url = _env("TEST_DATABASE_URL")
-    name = f"sink_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture(scope="module")
-def settings(database_url: str) -> Settings:
+def settings(kafka_bootstrap: str, fresh_database: str) -> Settings:
     settings = Settings(
-        kafka_bootstrap_servers=_env("TEST_KAFKA_BOOTSTRAP"),
+        kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=f"t-{uuid.uuid4().hex[:12]}.",
-        database_url=database_url,
+        database_url=fresh_database,
         sink_batch_size=4,  # several batches, so duplicates straddle batch boundaries
         sink_flush_seconds=0.2,
     )
