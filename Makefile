@@ -21,7 +21,7 @@ test: ## whole suite on a throwaway Kafka (29092), Postgres (55432), registry (2
 	scripts/test.sh $(ARGS)
 
 bench: ## end-to-end benchmark on the local Kafka (127.0.0.1:9092); COUNT=... notifications
-	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/e2e.py --count $(or $(COUNT),2000)
+	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/e2e.py --count $(or $(COUNT),2000) --workers 1 2
 
 lint: ## ruff check, ruff format --check, docker-compose config -q
 	scripts/bootstrap.sh

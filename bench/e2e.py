@@ -1,6 +1,6 @@
 """End-to-end benchmark: N in-app notifications through all six stages on the local broker.
 
-    python bench/e2e.py --count 2000            (make bench)
+    python bench/e2e.py --count 2000 [--workers 1 2]     (make bench)
 
 Prints throughput and latency percentiles (request occurred_at -> final status), side by
 side with a baseline measured in the same run: the same number of hops done by a bare
@@ -57,7 +57,35 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
+def start_workers(
+    env: dict[str, str], workers: int, log_dir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """Start the workers and wait until every one has joined and recovered."""
+    logs = [log_dir / f"bench-worker-{i}.log" for i in range(workers)]
+    procs = []
+    for log in logs:
+        log.write_bytes(b"")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker", "-l", "info"],
+                cwd=REPO,
+                env=env,
+                stdout=log.open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+    deadline = time.monotonic() + 180
+    # A worker that joins later makes the others rebalance: wait for the last "Ready".
+    while time.monotonic() < deadline:
+        if all(b"Worker]: Ready" in log.read_bytes() for log in logs):
+            return procs
+        if any(proc.poll() is not None for proc in procs):
+            break
+        time.sleep(0.5)
+    raise SystemExit(f"workers did not become ready; see {log_dir}/bench-worker-*.log")
+
+
+def run_pipeline(bootstrap: str, count: int, log_dir: Path, workers: int = 1) -> Result:
     settings = Settings(
         kafka_bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}."
     )
@@ -70,13 +98,8 @@ def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
         "TOPIC_PREFIX": settings.topic_prefix,
         "LOG_LEVEL": "WARNING",
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "-l", "info"],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    procs = start_workers(env, workers, log_dir)
+    worker = procs[0]
     try:
         consumer = Consumer(
             {
@@ -95,10 +118,13 @@ def run_pipeline(bootstrap: str, count: int, log: Path) -> Result:
         latencies = _await_final(consumer, codec, count, timeout=600, ids=expected, worker=worker)
         seconds = time.monotonic() - started
         consumer.close()
-        return Result("pipeline (6 Faust stages)", count, seconds, latencies)
+        name = f"pipeline ({workers} worker{'s' if workers > 1 else ''})"
+        return Result(name, count, seconds, latencies)
     finally:
-        worker.terminate()
-        worker.wait(60)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
 
 
 def _send(
@@ -233,9 +259,16 @@ def main() -> None:
     parser.add_argument(
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="worker process counts to measure, e.g. --workers 1 2",
+    )
     args = parser.parse_args()
-    log = REPO / "var" / "logs" / "bench-worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = REPO / "var" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     codec = build_codec(None, SchemaCatalog.load())
     sample = codec.encode(
         "NotificationRequest",
@@ -249,10 +282,10 @@ def main() -> None:
         },
     )
     baseline = run_baseline(args.bootstrap, args.count, sample)
-    pipeline = run_pipeline(args.bootstrap, args.count, log)
+    pipelines = [run_pipeline(args.bootstrap, args.count, log_dir, n) for n in args.workers]
     print(f"\n{'':<28} {'count':>7} {'msg/s':>10} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
-    print(baseline.row())
-    print(pipeline.row())
+    for result in (baseline, *pipelines):
+        print(result.row())
     print(
         f"\n{os.cpu_count()} cores; latency: request occurred_at -> final status event "
         f"(pipeline) / -> arrival after the last hop (baseline)"

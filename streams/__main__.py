@@ -28,6 +28,10 @@ def main() -> None:
     from streams import deliver, enrich, render, request, route, status  # noqa: F401  (agents)
     from streams.app import app
 
+    if settings.worker_web_port is None and "--with-web" not in sys.argv:
+        # Faust's CLI starts its web server (on 0.0.0.0:6066) unless told not to.
+        sys.argv.append("--without-web")
+
     app.main()
 
 
