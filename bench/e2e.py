@@ -82,6 +82,8 @@ def start_workers(
         if any(proc.poll() is not None for proc in procs):
             break
         time.sleep(0.5)
+    for proc in procs:
+        proc.terminate()
     raise SystemExit(f"workers did not become ready; see {log_dir}/bench-worker-*.log")
 
 

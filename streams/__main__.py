@@ -28,9 +28,12 @@ def main() -> None:
     from streams import deliver, enrich, render, request, route, status  # noqa: F401  (agents)
     from streams.app import app
 
-    if settings.worker_web_port is None and "--with-web" not in sys.argv:
-        # Faust's CLI starts its web server (on 0.0.0.0:6066) unless told not to.
+    # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever
+    # the app's configuration says: loopback on WORKER_WEB_PORT, or not at all.
+    if settings.worker_web_port is None:
         sys.argv.append("--without-web")
+    else:
+        sys.argv += ["--web-bind", "127.0.0.1", "--web-port", str(settings.worker_web_port)]
 
     app.main()
 

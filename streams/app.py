@@ -49,6 +49,7 @@ app = faust.App(
     web_enabled=settings.worker_web_port is not None,
     web_port=settings.worker_web_port or 6066,
     web_host="127.0.0.1",
+    web_bind="127.0.0.1",
     broker_commit_interval=1.0,
     stream_buffer_maxsize=1024,
     TableManager="streams.faust_fixes:FixedTableManager",
