@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
 from streams import metrics
 from streams.app import app, table, topics
-from streams.events import decode_or_dead_letter, emit_status, guarded, outgoing_headers
+from streams.events import (
+    Rejected,
+    dead_letter,
+    decode_or_dead_letter,
+    emit_status,
+    guarded,
+    outgoing_headers,
+)
 
 STAGE = "enrich"
 DEFAULT_LOCALE = "en"
@@ -97,14 +105,34 @@ async def enrich_notifications(stream: StreamT) -> None:
         await guarded(STAGE, event, handle)
 
 
+def expected_partition(key: str, partitions: int) -> int:
+    """Where murmur2 (Java's and Faust's partitioner) puts `key`."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 async def _materialise(event: EventT, target: Any, schema_name: str) -> None:
     """Apply one event of a compacted configuration topic to its table."""
-    if event.value is None:  # tombstone
-        target.pop(event.key, None)
+    message, key = event.message, event.key
+    stage = f"{STAGE}:{schema_name}"
+    if not isinstance(key, str) or not key:
+        await dead_letter(event, stage=stage, error=Rejected("key: tenant_id:user_id required"))
         return
-    record = await decode_or_dead_letter(event, schema_name, f"{STAGE}:{schema_name}")
+    expected = expected_partition(key, target.partitions)
+    if message.partition != expected:
+        # Stored here, the record would never meet its user's notifications: say so loudly.
+        error = Rejected(
+            f"key {key!r} is on partition {message.partition}, murmur2 puts it on "
+            f"{expected}: produce {message.topic} with the murmur2 partitioner "
+            "(librdkafka: partitioner=murmur2_random)"
+        )
+        await dead_letter(event, stage=stage, error=error)
+        return
+    if event.value is None:  # tombstone
+        target.pop(key, None)
+        return
+    record = await decode_or_dead_letter(event, schema_name, stage)
     if record is not None:
-        target[event.key] = record
+        target[key] = record
 
 
 @app.agent(topics.source("users.profiles"), concurrency=1)

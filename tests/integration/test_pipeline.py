@@ -326,3 +326,39 @@ def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
         assert all(p.split("-")[1] == trace_id for p in parents), (topic, parents)
         # each hop is a child span: a new span id, the same trace
         assert all(p.split("-")[2] != "1" * 16 for p in parents), (topic, parents)
+
+
+def test_preferences_on_the_wrong_partition_are_dead_lettered_with_the_fix(
+    pipeline: Pipeline,
+) -> None:
+    """A producer with librdkafka's default partitioner breaks co-partitioning: say so."""
+    from streams.enrich import expected_partition
+
+    key = "acme:misplaced"
+    wrong = (expected_partition(key, 4) + 1) % 4
+    prefs = {
+        "tenant_id": "acme",
+        "user_id": "misplaced",
+        "opted_out": True,
+        "channels": {},
+        "updated_at": now_ms(),
+    }
+    pipeline.producer.produce(
+        pipeline.topics.name("users.preferences"),
+        key=key,
+        partition=wrong,
+        value=pipeline.codec.encode("Preferences", prefs),
+    )
+    pipeline.flush()
+
+    def letters() -> list[dict[str, Any]]:
+        records = [
+            pipeline.codec.decode(m.value(), "DeadLetter")
+            for m in pipeline.read_topic("notifications.dead-letter")
+        ]
+        return [r for r in records if r["key"] == key.encode()]
+
+    [letter] = wait_until(letters, 30, "the misplaced preferences to be dead-lettered")
+    assert letter["stage"] == "enrich:Preferences"
+    assert letter["source_partition"] == wrong
+    assert "murmur2" in letter["error"]
