@@ -362,3 +362,40 @@ def test_preferences_on_the_wrong_partition_are_dead_lettered_with_the_fix(
     assert letter["stage"] == "enrich:Preferences"
     assert letter["source_partition"] == wrong
     assert "murmur2" in letter["error"]
+
+
+def test_templates_from_the_templates_topic_are_rendered(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    template = {
+        "tenant_id": "acme",
+        "template_id": "welcome",
+        "version": 1,
+        "updated_at": now_ms(),
+        "content": {
+            "subject": "Welcome, {{ name }}",
+            "text": "Hi {{ name }}, glad you came.",
+            "html": "<h1>Hi {{ name }}</h1>",
+        },
+    }
+    pipeline.produce_record("notifications.templates", "acme:welcome", template)
+    pipeline.flush()
+    time.sleep(1)  # every render worker reads the templates topic in the background
+
+    with_template = request_record(
+        "templated", template_id="welcome", content=None, data_json=json.dumps({"name": "Grace"})
+    )
+    missing = request_record("untemplated", template_id="no-such-template", content=None)
+    for record, user in ((with_template, "templated"), (missing, "untemplated")):
+        pipeline.produce_record("notifications.requests", f"acme:{user}", record)
+    pipeline.flush()
+
+    sent_id = notification_id(with_template["request_id"], "templated", "email")
+    failed_id = notification_id(missing["request_id"], "untemplated", "email")
+    pipeline.wait_for_status([sent_id], {"sent"})
+    pipeline.wait_for_status([failed_id], {"failed"})
+    [message] = smtp.by_notification_id()[sent_id]
+    assert message["Subject"] == "Welcome, Grace"
+    assert "Hi Grace, glad you came." in message.get_body(("plain",)).get_content()
+    [failed] = [e for e in pipeline.statuses[failed_id] if e["status"] == "failed"]
+    assert failed["reason"] == "template 'no-such-template' not found for tenant acme"
