@@ -399,3 +399,18 @@ def test_templates_from_the_templates_topic_are_rendered(
     assert "Hi Grace, glad you came." in message.get_body(("plain",)).get_content()
     [failed] = [e for e in pipeline.statuses[failed_id] if e["status"] == "failed"]
     assert failed["reason"] == "template 'no-such-template' not found for tenant acme"
+
+
+def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
+    record = request_record("metered")
+    pipeline.produce_record("notifications.requests", "acme:metered", record)
+    pipeline.flush()
+    pipeline.wait_for_status([notification_id(record["request_id"], "metered", "email")], {"sent"})
+    text = httpx.get(f"http://127.0.0.1:{pipeline.metrics_port}/metrics", timeout=5).text
+    for line in (
+        'notifications_stage_messages_total{outcome="accepted",stage="request"}',
+        'notifications_stage_messages_total{outcome="sent",stage="deliver"}',
+        'notifications_status_events_total{stage="deliver",status="sent"}',
+        'notifications_stage_latency_seconds_count{stage="deliver"}',
+    ):
+        assert line in text, line

@@ -92,6 +92,7 @@ class Pipeline:
         self.schemas = SchemaCatalog.load()
         self.codec = build_codec(schema_registry_url, self.schemas)
         self.web_port = free_port()
+        self.metrics_port = free_port()
         self.shim_port = free_port()
         self.env = {
             **os.environ,
@@ -101,6 +102,7 @@ class Pipeline:
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(smtp_port),
             "WORKER_WEB_PORT": str(self.web_port),
+            "METRICS_PORT": str(self.metrics_port),
             "SHIM_API_KEYS": '{"key-acme": "acme", "key-globex": "globex"}',
             "DELIVER_BACKOFF_SECONDS": "0.1",
             "PYTHONUNBUFFERED": "1",
