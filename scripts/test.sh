@@ -11,7 +11,8 @@
 # 5. stops both on exit, whatever happened, and exits with pytest's code
 #    ("no tests collected", pytest's 5, counts as a failure).
 #
-# Env: TEST_KAFKA_PORT (29092), TEST_PG_PORT (55432), TEST_KEEP_DATA=1 to keep the previous run's
+# Env: TEST_KAFKA_PORT (29092), TEST_PG_PORT (55432), TEST_REGISTRY_PORT (28081),
+# TEST_WITHOUT_REGISTRY=1 (no registry: for quick targeted runs only), TEST_KEEP_DATA=1 to keep the previous run's
 # broker and database contents instead of starting from empty ones.
 set -euo pipefail
 
@@ -81,10 +82,13 @@ step "start Postgres on 127.0.0.1:$TEST_PG_PORT"
 "${PG_ENV[@]}" scripts/postgres.sh start >/dev/null
 
 # The Confluent-framing tests run against a real Confluent-compatible registry (Apicurio).
-step "start the schema registry on 127.0.0.1:$TEST_REGISTRY_PORT"
-"${REGISTRY_ENV[@]}" scripts/registry.sh start
-TEST_SCHEMA_REGISTRY_URL="$("${REGISTRY_ENV[@]}" scripts/registry.sh url)"
-export TEST_SCHEMA_REGISTRY_URL
+# TEST_WITHOUT_REGISTRY=1 skips it for a quick targeted run (those tests then fail or skip).
+if [[ "${TEST_WITHOUT_REGISTRY:-0}" != 1 ]]; then
+    step "start the schema registry on 127.0.0.1:$TEST_REGISTRY_PORT"
+    "${REGISTRY_ENV[@]}" scripts/registry.sh start
+    TEST_SCHEMA_REGISTRY_URL="$("${REGISTRY_ENV[@]}" scripts/registry.sh url)"
+    export TEST_SCHEMA_REGISTRY_URL
+fi
 
 export TEST_KAFKA_BOOTSTRAP="127.0.0.1:$TEST_KAFKA_PORT"
 TEST_DATABASE_URL="$("${PG_ENV[@]}" scripts/postgres.sh url)"

@@ -25,7 +25,18 @@ def main() -> None:
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
 
-    from streams import deliver, enrich, render, request, route, status  # noqa: F401  (agents)
+    # Importing a stage module registers its agents.
+    from streams import (  # noqa: F401
+        batches,
+        deliver,
+        enrich,
+        render,
+        request,
+        route,
+        scheduler,
+        status,
+        triggers,
+    )
     from streams.app import app
 
     # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever

@@ -67,7 +67,9 @@ async def emit_status(
     """Append one transition to notifications.status, keyed by notification id."""
     attempt = notification.get("attempt", 0)
     record = {
-        "event_id": status_event_id(notification["notification_id"], status, attempt),
+        "event_id": status_event_id(
+            notification["notification_id"], status, attempt, str(deferred_until or "")
+        ),
         "notification_id": notification["notification_id"],
         "request_id": notification["request_id"],
         "tenant_id": notification["tenant_id"],

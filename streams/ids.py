@@ -21,8 +21,10 @@ def notification_id(request_id: str, user_id: str, channel: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"ntf:{request_id}:{user_id}:{channel}"))
 
 
-def status_event_id(notification_id: str, status: str, attempt: int = 0) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"evt:{notification_id}:{status}:{attempt}"))
+def status_event_id(notification_id: str, status: str, attempt: int = 0, detail: str = "") -> str:
+    """`detail` tells apart transitions a notification may make more than once (deferrals)."""
+    suffix = f":{detail}" if detail else ""
+    return str(uuid.uuid5(_NAMESPACE, f"evt:{notification_id}:{status}:{attempt}{suffix}"))
 
 
 def recipient_key(tenant_id: str, user_id: str) -> str:

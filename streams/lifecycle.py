@@ -16,7 +16,14 @@ _IN_FLIGHT = {
     "delivered": 60,
     "read": 70,
 }
-_FINAL = {"duplicate": 90, "suppressed": 90, "cancelled": 90, "bounced": 95, "failed": 95}
+_FINAL = {
+    "duplicate": 90,
+    "suppressed": 90,
+    "cancelled": 90,
+    "digested": 90,
+    "bounced": 95,
+    "failed": 95,
+}
 _RETRIABLE_FAILURE = 45  # a retriable failure is overtaken by a later successful attempt
 
 FINAL_STATUSES = frozenset({*_FINAL, "sent", "delivered", "read"})
