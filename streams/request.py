@@ -54,6 +54,9 @@ def validate(request: dict[str, Any]) -> None:
         raise Rejected(f"data_json: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise Rejected("data_json: must be a JSON object")
+    version = request.get("template_version")
+    if version is not None and (version < 1 or not request.get("template_id")):
+        raise Rejected("template_version: a positive version, and only with template_id")
     if len(request["recipients"]) * len(request["channels"]) > MAX_FAN_OUT:
         raise Rejected(f"recipients x channels: more than {MAX_FAN_OUT} notifications")
 
@@ -81,6 +84,9 @@ def fan_out(request: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
                     "data_json": request["data_json"],
                     "priority": request.get("priority", "normal"),
                     "metadata": request.get("metadata") or {},
+                    "category": request.get("category"),
+                    "template_version": request.get("template_version"),
+                    "send_at": request.get("send_at"),
                 }
             )
     return notifications
