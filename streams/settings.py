@@ -32,6 +32,21 @@ class Settings(BaseSettings):
     deliver_max_attempts: int = 3
     deliver_backoff_seconds: float = 0.5
 
+    # Enrichment: an HTTP user service asked when a profile is not in the users.profiles table.
+    # A URL template with {tenant_id} and {user_id}; unset: no user service.
+    user_service_url: str | None = None
+    user_service_timeout_seconds: float = 2.0
+    user_service_cache_ttl_seconds: float = 300.0
+    # Circuit breaker: open after this many consecutive failures, try again after the reset time.
+    user_service_breaker_failures: int = 5
+    user_service_breaker_reset_seconds: float = 30.0
+
+    # Scheduler: how often each worker sweeps its partitions for due notifications and digests.
+    scheduler_tick_seconds: float = 1.0
+
+    # Trigger rules: upstream domain events -> notifications. Unset or empty: no triggers.
+    trigger_rules_file: str | None = "streams/config/triggers.yaml"
+
     # Sink and read model
     database_url: str = "sqlite:///var/notifications.db"
     sink_batch_size: int = 500
