@@ -18,6 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 log = logging.getLogger(__name__)
 
 Decode = Callable[[bytes], dict[str, Any]]
+# (key, old value, new value); None is an absent entry (a new key, a tombstone).
+Listener = Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]
 
 
 class ReplicatedView:
@@ -29,6 +31,14 @@ class ReplicatedView:
         self._data: dict[str, dict[str, Any]] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener` on every change, after replaying the entries already held,
+        so callers can keep their own indexes of the view."""
+        self._listeners.append(listener)
+        for key, value in list(self._data.items()):
+            listener(key, None, value)
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self._data.get(key)
@@ -85,10 +95,21 @@ class ReplicatedView:
         if key is None:
             return
         text_key = key.decode("utf-8", errors="replace")
+        old = self._data.get(text_key)
         if value is None:
             self._data.pop(text_key, None)
+            self._notify(text_key, old, None)
             return
         try:
-            self._data[text_key] = self._decode(value)
+            new = self._data[text_key] = self._decode(value)
         except Exception:
             log.exception("%s: skipping undecodable entry %r", self._topic, text_key)
+            return
+        self._notify(text_key, old, new)
+
+    def _notify(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(key, old, new)
+            except Exception:
+                log.exception("%s: listener failed on %r", self._topic, key)
