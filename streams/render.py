@@ -1,90 +1,88 @@
 """Stage 3, render: Jinja2 in a sandbox; inline content or a template from the templates topic.
 
 notifications.enriched -> notifications.rendered
-notifications.templates (compacted) -> an in-process replicated view (every partition).
-Status: rendered | failed (template missing or broken: not retriable, with the error).
+Templates come from streams.config_views (the templates topic, replicated on every worker);
+choosing a version, locale and channel variant and checking declared variables is
+streams.templates.
+Status: rendered | failed (template missing, a declared variable missing, a broken template:
+not retriable, with the reason).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from functools import lru_cache
 from typing import Any
 
-import jinja2
 from faust.types import EventT, StreamT
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from streams import metrics
-from streams.app import app, catalog, codec, settings, topics
+from streams import config_views, metrics, templates
+from streams.app import app, topics
 from streams.events import (
     decode_or_dead_letter,
     emit_status,
     guarded,
     outgoing_headers,
 )
-from streams.replicated import ReplicatedView
 
 STAGE = "render"
-
-# Sandboxed: templates come from tenants and must not reach Python internals.
-# StrictUndefined: a missing variable is an error, never an empty string in a sent message.
-_text_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-_html_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
-
-templates = ReplicatedView(
-    settings.kafka_bootstrap_servers,
-    catalog.name("notifications.templates"),
-    catalog["notifications.templates"].partitions,
-    lambda value: codec.decode(value, "Template"),
-)
 
 
 class RenderError(Exception):
     pass
 
 
-@lru_cache(maxsize=2048)
-def _compile(source: str, html: bool) -> jinja2.Template:
-    return (_html_env if html else _text_env).from_string(source)
-
-
-def _render_one(source: str | None, context: dict[str, Any], *, html: bool) -> str | None:
-    if source is None:
-        return None
-    return _compile(source, html).render(context)
-
-
-def source_content(notification: dict[str, Any]) -> dict[str, Any]:
-    template_id = notification.get("template_id")
-    if not template_id:
-        return notification["content"] or {}
-    template = templates.get(f"{notification['tenant_id']}:{template_id}")
-    if template is None:
-        raise RenderError(
-            f"template {template_id!r} not found for tenant {notification['tenant_id']}"
-        )
-    return dict(template["content"])
-
-
-def render(notification: dict[str, Any]) -> dict[str, Any]:
-    content = source_content(notification)
-    context = {
+def _context(notification: dict[str, Any]) -> dict[str, Any]:
+    return {
         **json.loads(notification["data_json"]),
         "recipient": notification["recipient"],
         "locale": notification.get("locale"),
         "notification_id": notification["notification_id"],
     }
-    try:
-        subject = _render_one(content.get("subject"), context, html=False)
-        text = _render_one(content.get("text"), context, html=False)
-        html = _render_one(content.get("html"), context, html=True)
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"{type(exc).__name__}: {exc}") from exc
-    if text is None and html is None:
-        raise RenderError("content has neither text nor html")
-    return {"subject": subject, "text": text, "html": html}
+
+
+def _tenant_default_locale(tenant_id: str) -> str | None:
+    tenant = config_views.tenants.get(tenant_id)
+    return tenant.get("default_locale") if tenant else None
+
+
+def render_notification(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification with `rendered` filled in (and, from a template, the version and the
+    locale used stamped on it). RenderError says why it cannot be rendered."""
+    context = _context(notification)
+    template_id = notification.get("template_id")
+    if not template_id:
+        try:
+            rendered = templates.render_content(notification["content"] or {}, context)
+        except templates.TemplateRenderError as exc:
+            raise RenderError(str(exc)) from exc
+        return {**notification, "rendered": rendered}
+
+    tenant_id = notification["tenant_id"]
+    version = notification.get("template_version")
+    template = templates.resolve(tenant_id, template_id, version)
+    if template is None:
+        raise RenderError(templates.describe_missing(tenant_id, template_id, version))
+    result = templates.render_template(
+        template,
+        context,
+        locale=notification.get("locale"),
+        channel=notification["channel"],
+        tenant_default_locale=_tenant_default_locale(tenant_id),
+    )
+    if result.error is not None:
+        raise RenderError(f"template {template_id!r} v{result.version}: {result.error}")
+    return {
+        **notification,
+        "rendered": {"subject": result.subject, "text": result.text, "html": result.html},
+        "template_version": result.version,
+        "metadata": {**(notification.get("metadata") or {}), "rendered_locale": result.locale_used},
+    }
+
+
+def render(notification: dict[str, Any]) -> dict[str, Any]:
+    """Just the rendered content (subject, text, html)."""
+    rendered: dict[str, Any] = render_notification(notification)["rendered"]
+    return rendered
 
 
 async def handle(event: EventT) -> None:
@@ -93,21 +91,18 @@ async def handle(event: EventT) -> None:
     if notification is None:
         return
     try:
-        rendered = render(notification)
+        rendered = render_notification(notification)
     except RenderError as exc:
         await emit_status(notification, "failed", stage=STAGE, headers=headers, reason=str(exc))
         metrics.processed(STAGE, "failed", notification["occurred_at"])
         return
-    await emit_status(notification, "rendered", stage=STAGE, headers=headers)
-    await topics.sink("notifications.rendered").send(
-        key=event.key, value={**notification, "rendered": rendered}, headers=headers
-    )
+    await emit_status(rendered, "rendered", stage=STAGE, headers=headers)
+    await topics.sink("notifications.rendered").send(key=event.key, value=rendered, headers=headers)
     metrics.processed(STAGE, "rendered", notification["occurred_at"])
 
 
 @app.agent(topics.source("notifications.enriched"), concurrency=1)
 async def render_notifications(stream: StreamT) -> None:
-    templates.start()
-    await asyncio.wait_for(templates.wait_ready(), timeout=120)
+    await config_views.ensure_ready()
     async for event in stream.events():
         await guarded(STAGE, event, handle)

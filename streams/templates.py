@@ -12,7 +12,12 @@ published version. Drafts are only ever reached by pinning.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel
 
 Template = dict[str, Any]
 _Name = tuple[str, str]  # (tenant_id, template_id)
@@ -94,3 +99,166 @@ def describe_missing(tenant_id: str, template_id: str, version: int | None) -> s
         return f"template {template_id!r} version {version} is archived"
     known = ", ".join(str(v) for v in sorted(versions))
     return f"template {template_id!r} has no version {version} (known: {known})"
+
+
+# --- Choosing content: locale fallback and channel variants ------------------------------
+
+FALLBACK_LOCALE = "en"
+
+
+def locale_chain(requested: str | None, tenant_default: str | None) -> list[str]:
+    """Locales to try, most specific first: pt-BR -> pt -> tenant default -> en (no repeats)."""
+    chain: list[str] = []
+    for tag in (requested, tenant_default, FALLBACK_LOCALE):
+        if not tag:
+            continue
+        parts = tag.replace("_", "-").split("-")
+        for n in range(len(parts), 0, -1):
+            candidate = "-".join(parts[:n])
+            if candidate.lower() not in (c.lower() for c in chain):
+                chain.append(candidate)
+    return chain
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.lower() == b.lower()
+
+
+def choose_content(
+    template: Template, *, locale: str | None, channel: str, tenant_default_locale: str | None
+) -> tuple[dict[str, Any], str]:
+    """The content to render and the locale it is in.
+
+    At each locale of the chain: a variant for (locale, channel), then (locale, any channel).
+    Locale-less variants and the base `content` are in the template's default_locale, so they
+    are tried when the chain reaches it, and last of all.
+    """
+    variants = template.get("variants") or []
+    base_locale = template.get("default_locale") or FALLBACK_LOCALE
+
+    def base() -> dict[str, Any] | None:
+        for wanted_channel in (channel, None):
+            for variant in variants:
+                if variant.get("locale") is None and variant.get("channel") == wanted_channel:
+                    return dict(variant["content"])
+        return None
+
+    for candidate in locale_chain(locale, tenant_default_locale):
+        for wanted_channel in (channel, None):
+            for variant in variants:
+                if _same(variant.get("locale"), candidate) and variant.get("channel") == (
+                    wanted_channel
+                ):
+                    return dict(variant["content"]), variant["locale"]
+        if _same(candidate, base_locale):
+            return base() or dict(template["content"]), base_locale
+    return base() or dict(template["content"]), base_locale
+
+
+# --- Variables and rendering ------------------------------------------------------------
+
+
+def missing_variables(declared: list[str], context: dict[str, Any]) -> list[str]:
+    """Declared variables (dotted paths: order.id) the context does not provide."""
+    missing = []
+    for path in declared:
+        value: Any = context
+        for part in path.split("."):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            else:
+                missing.append(path)
+                break
+    return missing
+
+
+class TemplateRenderError(Exception):
+    """The template cannot produce a message (missing variables, a broken or unsafe template).
+    Never retriable: the same input fails the same way."""
+
+
+# Sandboxed: templates come from tenants and must not reach Python internals.
+# StrictUndefined: a missing variable is an error, never an empty string in a sent message.
+_text_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_html_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+
+
+@lru_cache(maxsize=2048)
+def _compile(source: str, html: bool) -> jinja2.Template:
+    return (_html_env if html else _text_env).from_string(source)
+
+
+def render_content(content: dict[str, Any], context: dict[str, Any]) -> dict[str, str | None]:
+    """Render subject, text and html with the sandbox; TemplateRenderError on any failure."""
+    out: dict[str, str | None] = {}
+    try:
+        for field in ("subject", "text", "html"):
+            source = content.get(field)
+            out[field] = (
+                None if source is None else _compile(source, field == "html").render(context)
+            )
+    except jinja2.TemplateError as exc:  # SecurityError, UndefinedError, syntax errors
+        raise TemplateRenderError(f"{type(exc).__name__}: {exc}") from exc
+    if out["text"] is None and out["html"] is None:
+        raise TemplateRenderError("content has neither text nor html")
+    return out
+
+
+class Preview(BaseModel):
+    """What a template renders to for some data, without sending anything."""
+
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    locale_used: str | None = None
+    version: int | None = None
+    missing_variables: list[str] = []
+    error: str | None = None
+
+
+def render_template(
+    template: Template,
+    context: dict[str, Any],
+    *,
+    locale: str | None,
+    channel: str,
+    tenant_default_locale: str | None,
+) -> Preview:
+    """Choose the content, check the declared variables, render. Errors go into the result."""
+    content, locale_used = choose_content(
+        template, locale=locale, channel=channel, tenant_default_locale=tenant_default_locale
+    )
+    result = Preview(locale_used=locale_used, version=template.get("version"))
+    missing = missing_variables(list(template.get("variables") or []), context)
+    if missing:
+        result.missing_variables = missing
+        result.error = f"missing template variables: {', '.join(missing)}"
+        return result
+    try:
+        rendered = render_content(content, context)
+    except TemplateRenderError as exc:
+        result.error = str(exc)
+        return result
+    return result.model_copy(update=rendered)
+
+
+def preview(
+    template: Template,
+    data: dict[str, Any],
+    *,
+    locale: str | None,
+    channel: str,
+    tenant_default_locale: str | None,
+) -> Preview:
+    """Render a template for `data` as the render stage would, without sending.
+
+    `data` is the request data; `locale` is also exposed to the template as the stage does.
+    """
+    context = {"locale": locale, **data}
+    return render_template(
+        template,
+        context,
+        locale=locale,
+        channel=channel,
+        tenant_default_locale=tenant_default_locale,
+    )
