@@ -1,28 +1,39 @@
-"""Stage 2, enrich: join the recipient's profile and preferences; resolve address and locale.
+"""Stage 2, enrich: decide whether, when and where a notification goes.
 
-notifications.accepted -> notifications.enriched
+notifications.accepted -> notifications.enriched (or a status, a deferral, a digest)
 users.profiles, users.preferences (compacted) -> the `profiles` and `preferences` tables.
-All are keyed tenant_id:user_id with equal partition counts, so the join is local.
-Status: suppressed (opted out, with the reason) | failed (no address for the channel).
+All are keyed tenant_id:user_id with equal partition counts, so the join is local; the
+`frequency` table (recent sends per cap) is keyed the same way and written only here.
+
+The decision order, every reason string and the enrichment sources are documented in
+docs/preferences.md; the rules themselves are pure functions in streams.preferences and
+streams.frequency.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
-from streams import metrics
-from streams.app import app, table, topics
+from streams import config_views, frequency, metrics, templates
+from streams import preferences as rules
+from streams.app import app, settings, table, topics
+from streams.deferral import collect_into_digest, defer
 from streams.events import (
     Rejected,
     dead_letter,
     decode_or_dead_letter,
     emit_status,
     guarded,
+    now_ms,
     outgoing_headers,
 )
+from streams.user_service import UserServiceClient
+
+log = logging.getLogger(__name__)
 
 STAGE = "enrich"
 DEFAULT_LOCALE = "en"
@@ -30,20 +41,35 @@ DEFAULT_TIMEZONE = "UTC"
 
 profiles = table("profiles")  # tenant_id:user_id -> UserProfile record
 preferences = table("preferences")  # tenant_id:user_id -> Preferences record
+frequency_windows = table("frequency")  # tenant_id:user_id -> {cap id: {notification id: ms}}
+
+_user_service: UserServiceClient | None = None
+
+
+def user_service() -> UserServiceClient | None:
+    """The process's user service client (one cache and breaker), if a URL is configured."""
+    global _user_service
+    if _user_service is None and settings.user_service_url:
+        _user_service = UserServiceClient(
+            settings.user_service_url,
+            timeout=settings.user_service_timeout_seconds,
+            cache_ttl=settings.user_service_cache_ttl_seconds,
+            breaker_failures=settings.user_service_breaker_failures,
+            breaker_reset=settings.user_service_breaker_reset_seconds,
+        )
+    return _user_service
 
 
 def suppression_reason(prefs: dict[str, Any] | None, channel: str) -> str | None:
-    if prefs is None:
-        return None
-    if prefs.get("opted_out"):
-        return "recipient opted out of all notifications"
-    if prefs.get("channels", {}).get(channel) is False:
-        return f"recipient disabled the {channel} channel"
-    return None
+    """Channel-level preferences only (kept for callers of the first version)."""
+    return rules.suppression_reason(prefs, channel)
 
 
 def resolve_address(
-    channel: str, recipient: dict[str, Any], profile: dict[str, Any] | None
+    channel: str,
+    recipient: dict[str, Any],
+    profile: dict[str, Any] | None,
+    profile_source: str = "profile",
 ) -> tuple[str | None, str]:
     """The address for the channel and where it came from: the profile, else the request."""
     if channel == "in_app":
@@ -53,23 +79,62 @@ def resolve_address(
         # Push tokens, chat handles and webhook URLs arrive with their connectors.
         return None, "none"
     if profile and profile.get(field):
-        return profile[field], "profile"
+        return profile[field], profile_source
     if recipient.get(field):
         return recipient[field], "request"
     return None, "none"
 
 
-def enrich(notification: dict[str, Any], profile: dict[str, Any] | None) -> dict[str, Any]:
+def enrich(
+    notification: dict[str, Any],
+    profile: dict[str, Any] | None,
+    profile_source: str = "profile",
+    tenant: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Address, locale and timezone: explicit request fields, the profile, the tenant, defaults."""
     recipient = notification["recipient"]
-    address, source = resolve_address(notification["channel"], recipient, profile)
+    address, source = resolve_address(notification["channel"], recipient, profile, profile_source)
     profile = profile or {}
+    tenant = tenant or {}
     return {
         **notification,
         "address": address,
-        "locale": recipient.get("locale") or profile.get("locale") or DEFAULT_LOCALE,
-        "timezone": recipient.get("timezone") or profile.get("timezone") or DEFAULT_TIMEZONE,
+        "locale": recipient.get("locale")
+        or profile.get("locale")
+        or tenant.get("default_locale")
+        or DEFAULT_LOCALE,
+        "timezone": recipient.get("timezone")
+        or profile.get("timezone")
+        or tenant.get("timezone")
+        or DEFAULT_TIMEZONE,
         "profile_source": source,
     }
+
+
+async def find_profile(key: str, notification: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The users.profiles record, else the user service's answer (never raises)."""
+    profile = profiles.get(key)
+    if profile is not None:
+        return profile, "profile"
+    client = user_service()
+    if client is not None:
+        try:
+            found = await client.get(
+                notification["tenant_id"], notification["recipient"]["user_id"]
+            )
+        except Exception:  # the service is optional: a bug here must not fail the notification
+            log.exception("user service lookup failed")
+            found = None
+        if found is not None:
+            return found, "user_service"
+    return None, "request"
+
+
+async def _stop(
+    notification: dict[str, Any], status: str, outcome: str, reason: str, headers: dict[str, bytes]
+) -> None:
+    await emit_status(notification, status, stage=STAGE, headers=headers, reason=reason)
+    metrics.processed(STAGE, outcome, notification["occurred_at"])
 
 
 async def handle(event: EventT) -> None:
@@ -77,24 +142,111 @@ async def handle(event: EventT) -> None:
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
-    key = event.key
-    reason = suppression_reason(preferences.get(key), notification["channel"])
-    if reason is not None:
-        await emit_status(notification, "suppressed", stage=STAGE, headers=headers, reason=reason)
-        metrics.processed(STAGE, "suppressed", notification["occurred_at"])
+    await config_views.ensure_ready()
+    key = str(event.key)
+    tenant_id, channel = notification["tenant_id"], notification["channel"]
+
+    reason: str | None
+    # 1-2. The batch and the tenant.
+    if config_views.batch_cancelled(notification.get("batch_id")):
+        reason = f"batch {notification['batch_id']} was cancelled"
+        await _stop(notification, "cancelled", "cancelled", reason, headers)
         return
-    enriched = enrich(notification, profiles.get(key))
-    if enriched["address"] is None:
-        await emit_status(
-            notification,
-            "failed",
-            stage=STAGE,
-            headers=headers,
-            reason=f"no {notification['channel']} address for recipient "
-            f"{notification['recipient']['user_id']}",
+    tenant = config_views.tenants.get(tenant_id)
+    if tenant is not None and not tenant.get("enabled", True):
+        await _stop(
+            notification, "failed", "tenant_disabled", f"tenant {tenant_id} is disabled", headers
         )
-        metrics.processed(STAGE, "no_address", notification["occurred_at"])
         return
+
+    # 3. The template: its version and category travel with the notification.
+    template = None
+    if notification.get("template_id"):
+        template = templates.resolve(
+            tenant_id, notification["template_id"], notification.get("template_version")
+        )
+    if template is not None:
+        notification["template_version"] = int(template["version"])
+    category = rules.category_of(notification, template)
+    notification["category"] = category
+
+    # 4. The profile: the table, the user service, the request.
+    profile, source = await find_profile(key, notification)
+    enriched = enrich(notification, profile, source, tenant)
+
+    # 5. Preferences (a critical notification whose template allows it skips 5, 7, 8, 9).
+    user_prefs = preferences.get(key)
+    prefs = rules.effective_preferences(user_prefs, tenant)
+    override = rules.critical_override(notification, template)
+    if override:
+        enriched["metadata"] = {
+            **(enriched.get("metadata") or {}),
+            "preferences_overridden": "critical priority; the template overrides preferences",
+        }
+    else:
+        reason = rules.suppression_reason(prefs, channel, category, notification.get("template_id"))
+        if reason is not None:
+            await _stop(notification, "suppressed", "suppressed", reason, headers)
+            return
+
+    # 6. A future send_at.
+    now = now_ms()
+    send_at = notification.get("send_at")
+    if send_at and send_at > now:
+        await defer(
+            enriched, send_at, reason=rules.send_at_reason(send_at), stage=STAGE, headers=headers
+        )
+        metrics.processed(STAGE, "deferred", notification["occurred_at"])
+        return
+
+    if not override:
+        # 7. Digests: collected, sent later as one notification (which has a digest_id).
+        rule = (
+            rules.digest_rule(template, tenant, category)
+            if not notification.get("digest_id")
+            else None
+        )
+        if rule is not None:
+            digest_key = rules.digest_key(notification, rule, category)
+            await collect_into_digest(enriched, rule, digest_key, stage=STAGE, headers=headers)
+            metrics.processed(STAGE, "digest", notification["occurred_at"])
+            return
+
+        # 8. Quiet hours.
+        quiet = (prefs or {}).get("quiet_hours")
+        if quiet:
+            tz = rules.zone(
+                quiet.get("timezone"),
+                (profile or {}).get("timezone"),
+                (tenant or {}).get("timezone"),
+            )
+            try:
+                release = rules.quiet_hours_release(quiet, tz, now)
+            except rules.PreferenceError as exc:
+                log.warning("%s: ignoring quiet hours of %s: %s", STAGE, key, exc)
+                release = None
+            if release is not None:
+                reason = rules.quiet_hours_reason(quiet, tz)
+                await defer(enriched, release, reason=reason, stage=STAGE, headers=headers)
+                metrics.processed(STAGE, "deferred", notification["occurred_at"])
+                return
+
+    # 9. Frequency caps, then 10. the address.
+    caps: list[dict[str, Any]] = [] if override else rules.frequency_caps(user_prefs, tenant)
+    nid = notification["notification_id"]
+    if caps:
+        reason = frequency.exceeded(frequency_windows.get(key), caps, nid, channel, category, now)
+        if reason is not None:
+            await _stop(notification, "suppressed", "capped", reason, headers)
+            return
+    if enriched["address"] is None:
+        reason = f"no {channel} address for recipient {notification['recipient']['user_id']}"
+        await _stop(notification, "failed", "no_address", reason, headers)
+        return
+    if caps:
+        # No await between this read and write: only this agent writes the table.
+        windows = frequency_windows.get(key)
+        frequency_windows[key] = frequency.record(windows, caps, nid, channel, category, now)
     await topics.sink("notifications.enriched").send(key=key, value=enriched, headers=headers)
     metrics.processed(STAGE, "enriched", notification["occurred_at"])
 
