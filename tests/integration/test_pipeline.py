@@ -378,7 +378,7 @@ def test_templates_from_the_templates_topic_are_rendered(
             "html": "<h1>Hi {{ name }}</h1>",
         },
     }
-    pipeline.produce_record("notifications.templates", "acme:welcome", template)
+    pipeline.produce_record("notifications.templates", "acme:welcome:1", template)
     pipeline.flush()
     time.sleep(1)  # every render worker reads the templates topic in the background
 
