@@ -20,7 +20,7 @@ from faust.types import EventT, StreamT
 from connectors.base import Connector, DeliveryResult, OutboundMessage
 from connectors.in_app import InAppConfig, InAppConnector
 from connectors.smtp import SmtpConfig, SmtpConnector
-from streams import metrics
+from streams import config_views, metrics
 from streams.app import app, settings, table, topics
 from streams.events import (
     Rejected,
@@ -112,6 +112,16 @@ async def handle(event: EventT) -> None:
         )
         metrics.processed(STAGE, "already_delivered", notification["occurred_at"])
         return
+    if config_views.batch_cancelled(notification.get("batch_id")):
+        await emit_status(
+            notification,
+            "cancelled",
+            stage=STAGE,
+            headers=headers,
+            reason=f"batch {notification['batch_id']} was cancelled",
+        )
+        metrics.processed(STAGE, "cancelled", notification["occurred_at"])
+        return
     provider = PROVIDERS.get(notification["channel"])
     if provider is None:
         raise Rejected(f"no provider for channel {notification['channel']}")
@@ -150,11 +160,13 @@ async def handle(event: EventT) -> None:
 
 @app.agent(topics.source("notifications.deliver.email"), concurrency=1)
 async def deliver_email(stream: StreamT) -> None:
+    await config_views.ensure_ready()
     async for event in stream.events():
         await guarded(STAGE, event, handle)
 
 
 @app.agent(topics.source("notifications.deliver.in_app"), concurrency=1)
 async def deliver_in_app(stream: StreamT) -> None:
+    await config_views.ensure_ready()
     async for event in stream.events():
         await guarded(STAGE, event, handle)

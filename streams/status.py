@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from faust.types import EventT, StreamT
 
 from streams.app import app, table, topics
-from streams.events import decode_or_dead_letter, guarded
-from streams.lifecycle import rank
+from streams.batches import batches, emit_batch_event, expected_total, is_complete
+from streams.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
+from streams.lifecycle import FINAL_STATUSES, rank
 
 STAGE = "status"
 BATCH_SHARDS = 16
 
 notification_state = table("notification-state")  # notification_id -> latest state
-batch_state = table("batch-state")  # f"{batch_id}#{shard}" -> {"members": {nid: [status, rank]}}
+# f"{batch_id}#{shard}" -> {"members": {nid: [status, rank]}, "counts": {status: n}, "final": n}
+batch_state = table("batch-state")
 
 
 def _newer(event: dict[str, Any], current: dict[str, Any] | None) -> bool:
@@ -58,27 +61,115 @@ def shard_key(batch_id: str, notification_id: str) -> str:
     return f"{batch_id}#{zlib.crc32(notification_id.encode()) % BATCH_SHARDS}"
 
 
+def apply_member(
+    shard: dict[str, Any] | None, nid: str, status: str, new_rank: int
+) -> dict[str, Any] | None:
+    """The shard with the member moved to `status`, or None when that changes nothing.
+
+    Counts per status and the number of final members are kept next to the members, in
+    the same value, so a batch's totals are a sum over its shards, not over its members.
+    """
+    shard = shard or {"members": {}}
+    members = shard["members"]
+    member = members.get(nid)
+    if member is not None and new_rank <= member[1]:
+        return None
+    counts, final = shard_totals(shard)
+    counts = Counter(counts)
+    if member is not None:
+        counts[member[0]] -= 1
+        final -= member[0] in FINAL_STATUSES
+        if not counts[member[0]]:
+            del counts[member[0]]
+    counts[status] += 1
+    final += status in FINAL_STATUSES
+    return {"members": {**members, nid: [status, new_rank]}, "counts": dict(counts), "final": final}
+
+
+def shard_totals(shard: dict[str, Any]) -> tuple[dict[str, int], int]:
+    """Counts per status and final members; derived from members for shards written before
+    the counters existed."""
+    if "counts" in shard:
+        return shard["counts"], shard["final"]
+    counts = Counter(status for status, _ in shard["members"].values())
+    return dict(counts), sum(n for status, n in counts.items() if status in FINAL_STATUSES)
+
+
 async def handle_batch_status(event: EventT) -> None:
     status = await decode_or_dead_letter(event, "StatusEvent", f"{STAGE}:batch")
     if status is None:
         return
-    key = shard_key(status["batch_id"], status["notification_id"])
-    shard = batch_state.get(key) or {"members": {}}
-    member = shard["members"].get(status["notification_id"])
+    batch_id = status["batch_id"]
+    key = shard_key(batch_id, status["notification_id"])
     new_rank = rank(status["status"], status["retriable"])
-    if member is None or new_rank > member[1]:
-        members = {**shard["members"], status["notification_id"]: [status["status"], new_rank]}
-        batch_state[key] = {"members": members}
+    # No await between the read and the write: the shard is one value.
+    shard = apply_member(
+        batch_state.get(key), status["notification_id"], status["status"], new_rank
+    )
+    if shard is not None:
+        batch_state[key] = shard
+    await check_completion(batch_id, outgoing_headers(event))
 
 
-def batch_counts(batch_id: str) -> dict[str, int]:
-    """Notifications of a batch per latest status, summed over its shards."""
+@dataclass
+class BatchSummary:
+    counts: dict[str, int] = field(default_factory=dict)  # members per latest status
+    members: int = 0
+    final: int = 0  # members in a final state (streams.lifecycle.FINAL_STATUSES)
+
+
+def batch_summary(batch_id: str) -> BatchSummary:
+    """Totals of a batch, summed over its shards: O(shards)."""
+    summary = BatchSummary()
     counts: Counter[str] = Counter()
     for shard in range(BATCH_SHARDS):
         value = batch_state.get(f"{batch_id}#{shard}")
         if value:
-            counts.update(status for status, _ in value["members"].values())
-    return dict(counts)
+            shard_counts, final = shard_totals(value)
+            counts.update(shard_counts)
+            summary.final += final
+    summary.counts = dict(counts)
+    summary.members = sum(counts.values())
+    return summary
+
+
+def batch_counts(batch_id: str) -> dict[str, int]:
+    """Notifications of a batch per latest status."""
+    return batch_summary(batch_id).counts
+
+
+# Batches whose completion event is being sent by this process (see check_completion).
+_completing: set[str] = set()
+
+
+async def check_completion(batch_id: str, headers: dict[str, bytes]) -> None:
+    """Emit batch.completed once every expected member is final; remember it in `batches`.
+
+    Called by this stage after each of the batch's status events and by the batch stage on
+    close/cancel, both from the batch's partition. The event is sent before the batch is
+    marked: a crash in between replays it with the same event id, never loses it. The
+    in-process guard stops the two agents from both sending it during that await.
+    """
+    batch = batches.get(batch_id)
+    if batch is None or batch.get("completed") or batch_id in _completing:
+        return
+    summary = batch_summary(batch_id)
+    if not is_complete(batch, summary.final):
+        return
+    _completing.add(batch_id)
+    try:
+        await emit_batch_event(
+            batch_id,
+            batch["tenant_id"],
+            "batch.completed",
+            batch=batch,
+            headers=headers,
+            counts={**summary.counts, "accepted": summary.members},
+        )
+        # Read again: the batch stage may have written the batch during the send.
+        batches[batch_id] = {**batches[batch_id], "completed": True, "completed_at": now_ms()}
+    finally:
+        _completing.discard(batch_id)
 
 
 @app.agent(topics.source("notifications.status"), concurrency=1)
@@ -98,8 +189,20 @@ async def track_batches(stream: StreamT) -> None:
 # for a topic its producer has not written to yet).
 @app.page("/batches/{batch_id}/")
 async def batch_progress(web: Any, request: Any, batch_id: str) -> Any:
-    counts = batch_counts(batch_id)
-    return web.json({"batch_id": batch_id, "total": sum(counts.values()), "counts": counts})
+    summary = batch_summary(batch_id)
+    batch = batches.get(batch_id) or {}
+    return web.json(
+        {
+            "batch_id": batch_id,
+            "total": summary.members,
+            "final": summary.final,
+            "counts": summary.counts,
+            "expected": expected_total(batch or None),
+            "appended": batch.get("appended"),
+            "state": batch.get("state"),
+            "completed": bool(batch.get("completed")),
+        }
+    )
 
 
 @app.page("/notifications/{notification_id}/")
