@@ -30,3 +30,12 @@ def status_event_id(notification_id: str, status: str, attempt: int = 0, detail:
 def recipient_key(tenant_id: str, user_id: str) -> str:
     """The key of every topic co-partitioned by recipient."""
     return f"{tenant_id}:{user_id}"
+
+
+def digest_id(window_key: str, opened_at: int) -> str:
+    """A digest window's id, also the id of the notification it becomes when it flushes.
+
+    Derived from the window (tenant, user, channel, digest key) and the time it opened,
+    so a replayed flush yields the same notification.
+    """
+    return str(uuid.uuid5(_NAMESPACE, f"dig:{window_key}|{opened_at}"))
