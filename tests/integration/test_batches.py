@@ -1,0 +1,165 @@
+"""Batches on the real broker: the client API -> batch stage -> pipeline -> batch.completed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from streams.batch_client import BatchClient, request_id_for
+from streams.ids import notification_id
+from tests.integration.conftest import now_ms
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.smtp import SmtpCapture
+
+pytestmark = pytest.mark.integration
+
+CONTENT = {"subject": "Batch hello {{ n }}", "text": "Hello {{ n }}", "html": None}
+
+
+@pytest.fixture(scope="module")
+def client(pipeline: Pipeline) -> Iterator[BatchClient]:
+    yield BatchClient(pipeline.settings)
+
+
+def request(users: list[str], channels: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "channels": channels,
+        "recipients": [{"user_id": u, "email": f"{u}@example.test"} for u in users],
+        "content": CONTENT,
+        "data": {"n": "x"},
+        **extra,
+    }
+
+
+def ids_of(batch_id: str, command_id: str, requests: list[dict[str, Any]]) -> list[str]:
+    return [
+        notification_id(request_id_for(batch_id, command_id, index), recipient["user_id"], channel)
+        for index, req in enumerate(requests)
+        for recipient in req["recipients"]
+        for channel in req["channels"]
+    ]
+
+
+def batch_events(pipeline: Pipeline, batch_id: str) -> list[dict[str, Any]]:
+    events = [
+        pipeline.codec.decode(message.value(), "BatchEvent")
+        for message in pipeline.read_topic("notifications.batch-events", timeout=2)
+    ]
+    return [event for event in events if event["batch_id"] == batch_id]
+
+
+def of_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [event for event in events if event["event_type"] == event_type]
+
+
+def wait_for_event(pipeline: Pipeline, batch_id: str, event_type: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        pipeline.assert_alive()
+        events = of_type(batch_events(pipeline, batch_id), event_type)
+        return events[0] if events else None
+
+    try:
+        return wait_until(found, 120, f"{event_type} of batch {batch_id}", every=1.0)  # type: ignore[no-any-return]
+    except AssertionError:
+        raise AssertionError(
+            f"no {event_type}; events: {batch_events(pipeline, batch_id)}\n"
+            f"--- worker log ---\n{pipeline.worker.tail()}"
+        ) from None
+
+
+def test_chunks_with_the_token_complete_once_with_exact_counts(
+    pipeline: Pipeline, client: BatchClient, smtp: SmtpCapture
+) -> None:
+    batch_id, token = client.create_batch("acme", total_expected=6)
+    first = [request(["b1", "b2"], ["email"]), request(["b3"], ["email", "in_app"])]
+    second = [request(["b4", "b5"], ["email"])]
+    intruder = [request(["mallory"], ["email"])]
+
+    first_cmd = client.append_chunk(batch_id, "acme", token, first)
+    rejected_cmd = client.append_chunk(batch_id, "acme", "not-the-token", intruder)
+    other_tenant_cmd = client.append_chunk(batch_id, "globex", token, intruder)
+    second_cmd = client.append_chunk(batch_id, "acme", token, second, command_id="chunk-2")
+    assert client.append_chunk(batch_id, "acme", token, second, command_id="chunk-2") == second_cmd
+
+    completed = wait_for_event(pipeline, batch_id, "batch.completed")
+    assert completed["counts"] == {"accepted": 6, "sent": 5, "delivered": 1}
+    assert completed["total_expected"] == 6 and completed["cancelled"] is False
+
+    ids = ids_of(batch_id, first_cmd, first) + ids_of(batch_id, second_cmd, second)
+    pipeline.wait_for_status(ids, {"sent", "delivered"})
+    emails = smtp.by_notification_id()
+    assert all(len(emails[nid]) == 1 for nid in ids if nid in emails)
+    assert len([nid for nid in ids if nid in emails]) == 5
+
+    # Rejected chunks forwarded nothing.
+    forbidden = ids_of(batch_id, rejected_cmd, intruder) + ids_of(
+        batch_id, other_tenant_cmd, intruder
+    )
+    pipeline.poll_statuses()
+    assert not [nid for nid in forbidden if nid in pipeline.statuses or nid in emails]
+
+    time.sleep(3)  # a second completion would follow close behind
+    events = batch_events(pipeline, batch_id)
+    assert len(of_type(events, "batch.completed")) == 1
+    accepted = of_type(events, "batch.chunk_accepted")
+    assert [(e["command_id"], e["counts"]) for e in accepted] == [
+        (first_cmd, {"chunk": 4, "appended": 4}),
+        (second_cmd, {"chunk": 2, "appended": 6}),
+    ]
+    reasons = {e["command_id"]: e["reason"] for e in of_type(events, "batch.chunk_rejected")}
+    assert reasons[rejected_cmd] == "bad token"
+    assert reasons[other_tenant_cmd].startswith("wrong tenant")
+    assert len(reasons) == 2
+
+    page = pipeline.worker_json(f"/batches/{batch_id}/")
+    assert page["expected"] == 6 and page["completed"] is True and page["state"] == "open"
+    assert page["counts"] == {"sent": 5, "delivered": 1}
+
+
+def test_close_fixes_the_expected_total_and_completes(
+    pipeline: Pipeline, client: BatchClient
+) -> None:
+    batch_id, token = client.create_batch("acme")
+    chunk = [request(["c1", "c2", "c3"], ["email"])]
+    command = client.append_chunk(batch_id, "acme", token, chunk)
+    ids = ids_of(batch_id, command, chunk)
+    pipeline.wait_for_status(ids, {"sent"})
+    time.sleep(2)
+    assert not of_type(batch_events(pipeline, batch_id), "batch.completed"), "completed while open"
+
+    client.close_batch(batch_id, "acme", token)
+    completed = wait_for_event(pipeline, batch_id, "batch.completed")
+    assert completed["counts"] == {"accepted": 3, "sent": 3}
+    assert completed["total_expected"] == 3
+
+    late = client.append_chunk(batch_id, "acme", token, [request(["c4"], ["email"])])
+    rejected = wait_for_event(pipeline, batch_id, "batch.chunk_rejected")
+    assert rejected["command_id"] == late and rejected["reason"] == "batch is closed"
+    time.sleep(2)
+    assert len(of_type(batch_events(pipeline, batch_id), "batch.completed")) == 1
+
+
+def test_cancel_stops_deferred_items_and_completion_says_cancelled(
+    pipeline: Pipeline, client: BatchClient, smtp: SmtpCapture
+) -> None:
+    batch_id, token = client.create_batch("acme", total_expected=3)
+    chunk = [request(["d1", "d2", "d3"], ["email"], send_at=now_ms() + 15_000)]
+    command = client.append_chunk(batch_id, "acme", token, chunk)
+    ids = ids_of(batch_id, command, chunk)
+    pipeline.wait_for_status(ids, {"deferred"})
+
+    client.cancel_batch(batch_id, "acme", token)
+    cancelled = wait_for_event(pipeline, batch_id, "batch.cancelled")
+    assert cancelled["cancelled"] is True
+
+    pipeline.wait_for_status(ids, {"cancelled"}, timeout=120)
+    completed = wait_for_event(pipeline, batch_id, "batch.completed")
+    assert completed["cancelled"] is True
+    assert completed["counts"] == {"accepted": 3, "cancelled": 3}
+    assert not [nid for nid in ids if nid in smtp.by_notification_id()]
+    for nid in ids:
+        reasons = [e["reason"] for e in pipeline.statuses[nid] if e["status"] == "cancelled"]
+        assert reasons and batch_id in (reasons[0] or "")
