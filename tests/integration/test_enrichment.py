@@ -1,0 +1,192 @@
+"""Enrichment from an HTTP user service, on the real broker with a real worker.
+
+A local HTTP server plays the user service; the worker is pointed at it with
+USER_SERVICE_URL. Precedence: users.profiles, then the service, then the request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.ids import notification_id
+from tests.integration.conftest import now_ms
+from tests.integration.test_preferences import wait_materialised
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.smtp import SmtpCapture
+
+pytestmark = pytest.mark.integration
+
+CONTENT = {"subject": "Hello {{ name }}", "text": "Hi {{ name }}", "html": None}
+
+
+class UserService:
+    """A real HTTP user service: GET /users/<tenant>/<user> -> profile JSON or 404."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, dict[str, Any]] = {}
+        self.down = False
+        self.requests: list[str] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                service.requests.append(self.path)
+                if service.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                user = service.users.get(self.path)
+                body = json.dumps(user or {"error": "unknown user"}).encode()
+                self.send_response(200 if user else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url_template(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/users/{{tenant_id}}/{{user_id}}"
+
+
+@pytest.fixture(scope="module")
+def user_service() -> Iterator[UserService]:
+    service = UserService()
+    service.thread.start()
+    yield service
+    service.server.shutdown()
+    service.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    kafka_bootstrap: str,
+    fresh_database: str,
+    smtp: SmtpCapture,
+    log_dir: Path,
+    user_service: UserService,
+) -> Iterator[Pipeline]:
+    """The pipeline with its enrich stage pointed at the local user service."""
+    pipe = Pipeline(
+        bootstrap=kafka_bootstrap,
+        database_url=fresh_database,
+        smtp_port=smtp.port,
+        log_dir=log_dir,
+        extra_env={
+            "USER_SERVICE_URL": user_service.url_template,
+            "USER_SERVICE_TIMEOUT_SECONDS": "1",
+            "USER_SERVICE_BREAKER_FAILURES": "2",
+            "USER_SERVICE_BREAKER_RESET_SECONDS": "600",
+        },
+    )
+    pipe.start()
+    try:
+        yield pipe
+    finally:
+        pipe.stop()
+
+
+def send(pipeline: Pipeline, user: str, email: str | None) -> str:
+    record = {
+        "request_id": str(uuid.uuid4()),
+        "tenant_id": "acme",
+        "idempotency_key": None,
+        "batch_id": None,
+        "occurred_at": now_ms(),
+        "channels": ["email"],
+        "recipients": [
+            {"user_id": user, "email": email, "phone": None, "locale": None, "timezone": None}
+        ],
+        "template_id": None,
+        "content": CONTENT,
+        "data_json": json.dumps({"name": user}),
+        "priority": "normal",
+        "metadata": {},
+    }
+    pipeline.produce_record("notifications.requests", f"acme:{user}", record)
+    return notification_id(record["request_id"], user, "email")
+
+
+def enriched(pipeline: Pipeline, nid: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        for message in pipeline.read_topic("notifications.enriched"):
+            value = pipeline.codec.decode(message.value(), "Notification")
+            if value["notification_id"] == nid:
+                return value
+        return None
+
+    found: dict[str, Any] = wait_until(find, 30, f"{nid} on notifications.enriched")
+    return found
+
+
+def test_the_user_service_supplies_address_locale_and_timezone(
+    pipeline: Pipeline, smtp: SmtpCapture, user_service: UserService
+) -> None:
+    user_service.users["/users/acme/svc"] = {
+        "email": "svc@service.test",
+        "locale": "de",
+        "timezone": "Europe/Berlin",
+    }
+    # A users.profiles record wins over the service.
+    user_service.users["/users/acme/tabled"] = {"email": "tabled@service.test"}
+    pipeline.produce_record(
+        "users.profiles",
+        "acme:tabled",
+        {"tenant_id": "acme", "user_id": "tabled", "email": "tabled@profile.test"},
+    )
+    wait_materialised(pipeline, "users.profiles")
+
+    from_service = send(pipeline, "svc", "svc@request.test")
+    from_table = send(pipeline, "tabled", "tabled@request.test")
+    unknown = send(pipeline, "nobody", "nobody@request.test")  # 404: the request's data
+    pipeline.flush()
+    pipeline.wait_for_status([from_service, from_table, unknown], {"sent"})
+
+    sent = smtp.by_notification_id()
+    assert sent[from_service][0]["To"] == "svc@service.test"
+    assert sent[from_table][0]["To"] == "tabled@profile.test"
+    assert sent[unknown][0]["To"] == "nobody@request.test"
+    notification = enriched(pipeline, from_service)
+    assert notification["profile_source"] == "user_service"
+    assert (notification["locale"], notification["timezone"]) == ("de", "Europe/Berlin")
+    assert enriched(pipeline, from_table)["profile_source"] == "profile"
+    assert enriched(pipeline, unknown)["profile_source"] == "request"
+    assert "/users/acme/svc" in user_service.requests
+    assert "/users/acme/tabled" not in user_service.requests
+
+
+def test_a_failing_user_service_falls_back_to_the_request_and_opens_the_breaker(
+    pipeline: Pipeline, smtp: SmtpCapture, user_service: UserService
+) -> None:
+    user_service.down = True
+    for user in ("down1", "down2", "down3", "down4"):
+        user_service.users[f"/users/acme/{user}"] = {"email": f"{user}@service.test"}
+    before = len(user_service.requests)
+    ids = {user: send(pipeline, user, f"{user}@request.test") for user in ("down1", "down2")}
+    pipeline.flush()
+    pipeline.wait_for_status(list(ids.values()), {"sent"})
+    # Two failures open the breaker: the next notifications do not call the service at all,
+    # even once it is back.
+    user_service.down = False
+    ids.update({user: send(pipeline, user, f"{user}@request.test") for user in ("down3", "down4")})
+    pipeline.flush()
+    pipeline.wait_for_status(list(ids.values()), {"sent"})
+
+    sent = smtp.by_notification_id()
+    for user, nid in ids.items():
+        assert sent[nid][0]["To"] == f"{user}@request.test"
+        assert enriched(pipeline, nid)["profile_source"] == "request"
+    assert len(user_service.requests) - before == 2
