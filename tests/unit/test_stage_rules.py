@@ -102,6 +102,25 @@ def test_address_comes_from_the_profile_before_the_request() -> None:
     assert (enriched["locale"], enriched["timezone"]) == ("pt-BR", "America/Sao_Paulo")
 
 
+def test_enrich_sources_user_service_then_request_then_tenant_defaults() -> None:
+    recipient = {"user_id": "ada", "email": "req@x.test", "phone": None}
+    assert resolve_address("email", recipient, {"email": "svc@x.test"}, "user_service") == (
+        "svc@x.test",
+        "user_service",
+    )
+    assert resolve_address("email", recipient, {"locale": "de"}, "user_service") == (
+        "req@x.test",
+        "request",
+    )
+    tenant = {"default_locale": "fr", "timezone": "Europe/Paris"}
+    bare = {"channel": "email", "recipient": {**recipient, "locale": None, "timezone": None}}
+    enriched = enrich(bare, None, "request", tenant)
+    assert (enriched["locale"], enriched["timezone"]) == ("fr", "Europe/Paris")
+    explicit = {"channel": "email", "recipient": {**recipient, "locale": "it", "timezone": "UTC"}}
+    enriched = enrich(explicit, {"locale": "de", "timezone": "Asia/Tokyo"}, "profile", tenant)
+    assert (enriched["locale"], enriched["timezone"]) == ("it", "UTC")
+
+
 def notification(content: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     return {
         "notification_id": "n-1",
