@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tests.support.smtp import SmtpCapture
 pytestmark = pytest.mark.integration
 
 # The worker's replicated views follow the config topics in the background, with no ordering
-# against the request topics: give a change this long to arrive before relying on it.
+# against the request topics: the seed gets this long to arrive; later changes are retried.
 CONFIG_SETTLE_SECONDS = 3.0
 
 
@@ -112,6 +113,28 @@ def delivered(pipeline: Pipeline, smtp: SmtpCapture, nid: str) -> EmailMessage:
     return message
 
 
+def subject_once_config_arrived(
+    pipeline: Pipeline, smtp: SmtpCapture, attempt: Callable[[], str], expected: str
+) -> str:
+    """Send (attempt() returns a notification id) until the email's subject is `expected`;
+    the notification id. The config topics and the request topics are not ordered against each
+    other, so a request racing a config change may still see the old state: retry, bounded."""
+    deadline = time.monotonic() + 90
+    seen = []
+    while time.monotonic() < deadline:
+        nid = attempt()
+        pipeline.wait_for_status([nid], {"sent", "failed"})
+        if "sent" in pipeline.latest(nid):
+            [message] = smtp.by_notification_id()[nid]
+            if message["Subject"] == expected:
+                return nid
+            seen.append(message["Subject"])
+        else:
+            seen.append(f"failed: {pipeline.statuses[nid][-1]['reason']}")
+        time.sleep(1)
+    raise AssertionError(f"never rendered {expected!r}; got {seen}")
+
+
 def rendered(pipeline: Pipeline, nid: str) -> dict[str, Any]:
     """The notification as the render stage wrote it (version and locale stamped)."""
     for message in pipeline.read_topic("notifications.rendered"):
@@ -167,20 +190,20 @@ def test_pinned_version_latest_published_and_a_newer_draft(
 ) -> None:
     written = put(seeded, tmp_path, "template", [version(1), version(2), version(3, "draft")])
     assert totals(written) == (3, 0)
-    time.sleep(CONFIG_SETTLE_SECONDS)
-    latest = send(seeded, "demo", "notice", {"name": "Ada"})
+    latest = subject_once_config_arrived(
+        seeded, smtp, lambda: send(seeded, "demo", "notice", {"name": "Ada"}), "Notice v2 for Ada"
+    )  # not the newer draft
     pinned_old = send(seeded, "demo", "notice", {"name": "Ada"}, version=1)
     pinned_draft = send(seeded, "demo", "notice", {"name": "Ada"}, version=3)
-    assert delivered(seeded, smtp, latest)["Subject"] == "Notice v2 for Ada"  # not the draft
     assert delivered(seeded, smtp, pinned_old)["Subject"] == "Notice v1 for Ada"
     assert delivered(seeded, smtp, pinned_draft)["Subject"] == "Notice v3 for Ada"
     assert rendered(seeded, latest)["template_version"] == 2
 
     # A tombstone of v2 falls back to the previous published version.
     assert "1 tombstone" in cli_ok(seeded, "delete", "template", "demo:notice:2")
-    time.sleep(CONFIG_SETTLE_SECONDS)
-    after = send(seeded, "demo", "notice", {"name": "Ada"})
-    assert delivered(seeded, smtp, after)["Subject"] == "Notice v1 for Ada"
+    subject_once_config_arrived(
+        seeded, smtp, lambda: send(seeded, "demo", "notice", {"name": "Ada"}), "Notice v1 for Ada"
+    )
 
 
 def test_the_tenant_default_locale_is_used_when_the_user_locale_has_no_variant(
@@ -202,9 +225,12 @@ def test_the_tenant_default_locale_is_used_when_the_user_locale_has_no_variant(
             ],
         },
     )
-    time.sleep(CONFIG_SETTLE_SECONDS)
-    french = send(seeded, "globex", "hello", {"name": "Jo"}, locale="fr")
-    assert delivered(seeded, smtp, french)["Subject"] == "Hallo Jo"
+    french = subject_once_config_arrived(
+        seeded,
+        smtp,
+        lambda: send(seeded, "globex", "hello", {"name": "Jo"}, locale="fr"),
+        "Hallo Jo",
+    )
     assert rendered(seeded, french)["metadata"]["rendered_locale"] == "de"
 
 
