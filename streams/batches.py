@@ -232,7 +232,10 @@ async def handle_close_or_cancel(command: dict[str, Any], headers: dict[str, byt
 
     batch_id, command_id, kind = command["batch_id"], command["command_id"], command["kind"]
     batch = batches.get(batch_id)
-    reason = command_rejection(batch, command)
+    # The same command replayed after a crash before it was marked applied: the state
+    # changed already, the event may not have gone out. Emit it again (same event id).
+    replay = batch is not None and batch.get("changed_by") == command_id
+    reason = None if replay else command_rejection(batch, command)
     if reason is not None:
         await emit_batch_event(
             batch_id,
@@ -245,13 +248,14 @@ async def handle_close_or_cancel(command: dict[str, Any], headers: dict[str, byt
         )
         return
     assert batch is not None
-    closed_with = batch.get("closed_with")
-    batch = batches[batch_id] = {
-        **batch,
-        "state": CANCELLED if kind == "cancel" else CLOSED,
-        "closed_with": batch["appended"] if closed_with is None else closed_with,
-    }
-    batches[_applied_key(batch_id, command_id)] = {"at": now_ms()}
+    if not replay:
+        closed_with = batch.get("closed_with")
+        batch = batches[batch_id] = {
+            **batch,
+            "state": CANCELLED if kind == "cancel" else CLOSED,
+            "closed_with": batch["appended"] if closed_with is None else closed_with,
+            "changed_by": command_id,
+        }
     event_type = "batch.cancelled" if kind == "cancel" else "batch.closed"
     await emit_batch_event(
         batch_id,
@@ -262,6 +266,7 @@ async def handle_close_or_cancel(command: dict[str, Any], headers: dict[str, byt
         command_id=command_id,
         counts=status.batch_summary(batch_id).counts if kind == "cancel" else None,
     )
+    batches[_applied_key(batch_id, command_id)] = {"at": now_ms()}
     # Every member may already be final: nothing else would complete the batch.
     await status.check_completion(batch_id, headers)
 
