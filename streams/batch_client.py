@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import secrets
 import sys
 import time
@@ -208,7 +209,11 @@ def chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streams.batch_client", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.batch_client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create a batch; prints its id and token")
     create.add_argument("--tenant", required=True)
@@ -217,7 +222,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name)
         cmd.add_argument("--batch-id", required=True)
         cmd.add_argument("--tenant", required=True)
-        cmd.add_argument("--token", required=True, help="the token `create` printed")
+        cmd.add_argument(
+            "--token",
+            default=os.environ.get("BATCH_TOKEN"),
+            required="BATCH_TOKEN" not in os.environ,
+            help="the token `create` printed (or BATCH_TOKEN: keeps it out of `ps`)",
+        )
         if name == "append":
             cmd.add_argument("file", help="JSON lines of NotificationRequests ('-': stdin)")
             cmd.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
