@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +15,7 @@ import pytest
 from streams.batch_client import BatchClient, request_id_for
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
-from tests.support.pipeline import Pipeline, wait_until
+from tests.support.pipeline import REPO, Pipeline, wait_until
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -163,3 +167,42 @@ def test_cancel_stops_deferred_items_and_completion_says_cancelled(
     for nid in ids:
         reasons = [e["reason"] for e in pipeline.statuses[nid] if e["status"] == "cancelled"]
         assert reasons and batch_id in (reasons[0] or "")
+
+
+def test_cli_creates_appends_from_json_lines_and_closes(pipeline: Pipeline, log_dir: Path) -> None:
+    def cli(*args: str, token: str | None = None) -> str:
+        env = {**pipeline.env, **({"BATCH_TOKEN": token} if token else {})}
+        result = subprocess.run(
+            [sys.executable, "-m", "streams.batch_client", *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    created = dict(line.split(" ", 1) for line in cli("create", "--tenant", "acme").splitlines())
+    batch_id, token = created["batch_id"], created["token"]
+    lines = log_dir / "requests.jsonl"
+    lines.write_text(
+        "\n".join(json.dumps(request([f"cli{i}"], ["email"])) for i in range(5)) + "\n"
+    )
+    out = cli(
+        "append",
+        "--batch-id",
+        batch_id,
+        "--tenant",
+        "acme",
+        str(lines),
+        "--chunk-size",
+        "2",
+        token=token,
+    )
+    assert out.count("appended") == 3
+    cli("close", "--batch-id", batch_id, "--tenant", "acme", token=token)
+
+    completed = wait_for_event(pipeline, batch_id, "batch.completed")
+    assert completed["counts"] == {"accepted": 5, "sent": 5}
+    assert len(of_type(batch_events(pipeline, batch_id), "batch.chunk_accepted")) == 3
