@@ -8,6 +8,10 @@ higher-ranked status (streams.lifecycle), so replays and late events change noth
 counters are exact because each shard of a batch stores its members' states next to its
 counts and is written as one value: there is no moment where one is updated and not the
 other.
+
+Batch completion: once a batch's expected total is known (streams.batches) and that many
+members are final, `batch.completed` goes to notifications.batch-events, once. See
+docs/batches.md.
 """
 
 from __future__ import annotations
