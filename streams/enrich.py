@@ -215,8 +215,11 @@ async def handle(event: EventT) -> None:
         # 8. Quiet hours.
         quiet = (prefs or {}).get("quiet_hours")
         if quiet:
+            # The recipient's zone as enrichment found it (request, profile, tenant), then
+            # the profile's and tenant's in case an earlier one is not a valid zone name.
             tz = rules.zone(
                 quiet.get("timezone"),
+                enriched["timezone"],
                 (profile or {}).get("timezone"),
                 (tenant or {}).get("timezone"),
             )

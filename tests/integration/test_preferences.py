@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
@@ -94,19 +94,21 @@ def wait_materialised(pipeline: Pipeline, logical_topic: str, timeout: float = 1
             "enable.auto.commit": False,
         }
     )
-    try:
-        partitions = [
-            TopicPartition(name, p) for p in range(pipeline.topics[logical_topic].partitions)
-        ]
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, 10)[1] for tp in partitions}
+    partitions = [TopicPartition(name, p) for p in range(pipeline.topics[logical_topic].partitions)]
+    ends: dict[int, int] = {}
 
-        def caught_up() -> bool:
-            pipeline.assert_alive()
+    def caught_up() -> bool:
+        pipeline.assert_alive()
+        try:  # fresh topics may not have a leader yet: retry until they do
+            for tp in partitions:
+                if tp.partition not in ends:
+                    ends[tp.partition] = consumer.get_watermark_offsets(tp, 10)[1]
             committed = consumer.committed(partitions, timeout=10)
-            return all(
-                ends[tp.partition] == 0 or tp.offset >= ends[tp.partition] for tp in committed
-            )
+        except KafkaException:
+            return False
+        return all(ends[tp.partition] == 0 or tp.offset >= ends[tp.partition] for tp in committed)
 
+    try:
         wait_until(caught_up, timeout, f"the worker to read {logical_topic}", every=0.5)
     finally:
         consumer.close()
