@@ -44,12 +44,22 @@ async def _start_all() -> None:
             await view.wait_ready()
 
 
+class ViewsNotReady(Exception):
+    """The views have not caught up (the broker is slow or down): transient, retried."""
+
+
 async def ensure_ready() -> None:
     """Start every view once per process and wait until each has caught up."""
     global _ready
     if _ready is None:
         _ready = asyncio.ensure_future(_start_all())
-    await asyncio.shield(_ready)
+    try:
+        await asyncio.shield(_ready)
+    except TimeoutError as exc:
+        _ready = None  # the next message waits again rather than failing for ever
+        raise ViewsNotReady(
+            f"configuration views not ready after {READY_TIMEOUT_SECONDS}s"
+        ) from exc
 
 
 def batch_cancelled(batch_id: str | None) -> bool:

@@ -13,6 +13,7 @@ from faust.types import EventT
 from schemas import RegistryUnavailableError, SchemaError
 from streams import metrics, tracing
 from streams.app import codec, topics
+from streams.config_views import ViewsNotReady
 from streams.ids import status_event_id
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,11 @@ async def dead_letter(
 
 
 # Infrastructure that is down, not a bad message: wait for it rather than park the message.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (RegistryUnavailableError, KafkaError)
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    RegistryUnavailableError,
+    KafkaError,
+    ViewsNotReady,
+)
 MAX_BACKOFF_SECONDS = 30.0
 
 
