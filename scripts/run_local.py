@@ -113,9 +113,45 @@ def send_samples() -> list[str]:
         key=f"{record['tenant_id']}:grace",
         value=codec.encode("NotificationRequest", record),
     )
-    producer.flush(10)
     ids.append(notification_id(request_id, "grace", "email"))
     print(f"produced a NotificationRequest straight to Kafka (request {request_id})")
+
+    # A seeded template in Portuguese, held until 5 seconds from now (send_at).
+    request_id = str(uuid.uuid4())
+    scheduled = {
+        **record,
+        "request_id": request_id,
+        "recipients": [{"user_id": "joao", "email": "joao@example.com", "locale": "pt-BR"}],
+        "content": None,
+        "template_id": "welcome",
+        "data_json": json.dumps({"name": "João"}),
+        "send_at": int(time.time() * 1000) + 5000,
+    }
+    producer.produce(
+        TopicCatalog.load(settings).name("notifications.requests"),
+        key=f"{record['tenant_id']}:joao",
+        value=codec.encode("NotificationRequest", scheduled),
+    )
+    ids.append(notification_id(request_id, "joao", "email"))
+    print(f"produced a templated request with send_at in 5 s (request {request_id})")
+
+    # An upstream domain event: the order-created trigger rule turns it into a notification.
+    order = {
+        "event_id": f"evt-{uuid.uuid4()}",
+        "type": "order.created",
+        "tenant_id": record["tenant_id"],
+        "id": "A-1002",
+        "total": "42.00 EUR",
+        "items": [{"name": "Kafka mug", "qty": 1}],
+        "customer": {"id": "linus", "name": "Linus", "email": "linus@example.com"},
+    }
+    producer.produce(
+        TopicCatalog.load(settings).name("orders.events"),
+        key=order["id"],
+        value=json.dumps(order).encode(),
+    )
+    print("produced an order.created event to orders.events (trigger rule order-created)")
+    producer.flush(10)
     return ids
 
 
@@ -163,6 +199,8 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     for line in provision(settings).lines():
         print(f"topics: {line}")
+    # Default tenant and templates (idempotent: only what changed is written).
+    subprocess.run([sys.executable, "-m", "streams.config", "seed"], check=True)
 
     smtp = Controller(PrintingSmtpHandler(), hostname="127.0.0.1", port=settings.smtp_port)
     smtp.start()

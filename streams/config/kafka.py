@@ -22,6 +22,29 @@ from streams.settings import Settings
 READ_TIMEOUT_SECONDS = 60.0
 
 
+# A topic created a moment ago (make run, tests) has no leader for a few seconds.
+_WAIT_FOR_LEADER = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition) -> tuple[int, int]:
+    deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and error.code() in _WAIT_FOR_LEADER
+            if not transient or time.monotonic() > deadline:
+                raise ConfigError(f"cannot read {tp.topic}: {exc}") from exc
+            time.sleep(0.5)
+
+
 def read_compacted(
     settings: Settings, catalog: TopicCatalog, logical_topic: str
 ) -> dict[str, bytes]:
@@ -31,12 +54,7 @@ def read_compacted(
     try:
         partitions = []
         for p in range(spec.partitions):
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(spec.physical_name, p), timeout=10
-                )
-            except KafkaException as exc:
-                raise ConfigError(f"cannot read {spec.physical_name}: {exc}") from exc
+            low, high = _watermarks(consumer, TopicPartition(spec.physical_name, p))
             if high > low:
                 partitions.append((p, high))
         state: dict[str, bytes] = {}
