@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -68,8 +69,12 @@ def wait_for_event(pipeline: Pipeline, batch_id: str, event_type: str) -> dict[s
     try:
         return wait_until(found, 120, f"{event_type} of batch {batch_id}", every=1.0)  # type: ignore[no-any-return]
     except AssertionError:
+        try:
+            page = pipeline.worker_json(f"/batches/{batch_id}/")
+        except Exception as exc:
+            page = repr(exc)
         raise AssertionError(
-            f"no {event_type}; events: {batch_events(pipeline, batch_id)}\n"
+            f"no {event_type}; events: {batch_events(pipeline, batch_id)}\npage: {page}\n"
             f"--- worker log ---\n{pipeline.worker.tail()}"
         ) from None
 
@@ -206,3 +211,31 @@ def test_cli_creates_appends_from_json_lines_and_closes(pipeline: Pipeline, log_
     completed = wait_for_event(pipeline, batch_id, "batch.completed")
     assert completed["counts"] == {"accepted": 5, "sent": 5}
     assert len(of_type(batch_events(pipeline, batch_id), "batch.chunk_accepted")) == 3
+
+
+def test_a_killed_worker_recovers_the_batch_and_completes_it_once(
+    pipeline: Pipeline, client: BatchClient, smtp: SmtpCapture
+) -> None:
+    batch_id, token = client.create_batch("acme", total_expected=200)
+    chunks = [[request([f"k{c}-{i}"], ["email"]) for i in range(100)] for c in range(2)]
+    ids = []
+    for chunk in chunks:
+        ids += ids_of(batch_id, client.append_chunk(batch_id, "acme", token, chunk), chunk)
+
+    def sent() -> int:
+        received = smtp.by_notification_id()
+        return sum(1 for nid in ids if nid in received)
+
+    wait_until(lambda: pipeline.assert_alive() or sent() >= 30, 120, "the first emails")
+    pipeline.worker.stop(signal.SIGKILL)
+    assert sent() < 200, "the batch finished before the worker was killed"
+    assert not of_type(batch_events(pipeline, batch_id), "batch.completed")
+    pipeline.worker.start()
+
+    pipeline.wait_for_status(ids, {"sent"}, timeout=240)
+    completed = wait_for_event(pipeline, batch_id, "batch.completed")
+    assert completed["counts"] == {"accepted": 200, "sent": 200}
+    time.sleep(3)
+    assert len(of_type(batch_events(pipeline, batch_id), "batch.completed")) == 1
+    received = smtp.by_notification_id()
+    assert not [nid for nid in ids if nid not in received]
