@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import now_ms
 from tests.integration.test_scheduling import (
     digest_messages,
     digest_rule,
     events,
     items_listed,
+    notification,
     put_digest_templates,
     send_item,
 )
@@ -26,8 +29,9 @@ pytestmark = pytest.mark.integration
 
 
 def collected_into(pipeline: Pipeline, nid: str) -> str:
-    [deferred] = events(pipeline, nid, "deferred")
-    reason = deferred["reason"]
+    deferred = events(pipeline, nid, "deferred")
+    assert len({e["event_id"] for e in deferred}) == 1, "collected into more than one window"
+    reason = deferred[0]["reason"]
     assert reason.startswith("collected into digest "), reason
     return str(reason.removeprefix("collected into digest "))
 
@@ -142,3 +146,32 @@ def test_data_of_the_digest_notification_is_what_the_template_received(
     assert data["count"] == 3 and data["digest_key"] == "fixed-item|email|apollo"
     assert [item["n"] for item in data["items"]] == [0, 1, 2]
     assert digests[0]["template_id"] == "fixed-digest"
+
+
+def test_a_replayed_digest_command_is_collected_once(pipeline: Pipeline, smtp: SmtpCapture) -> None:
+    """Commands straight to notifications.deferred: item A twice (a replay), then item B."""
+    user = "dreplay"
+    rule = digest_rule("replay-digest", window_seconds=3600, max_items=2)
+    put_digest_templates(pipeline, "replay-item", rule)
+    time.sleep(1)  # the worker's template views read the topic in the background
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    commands = []
+    for n, nid in enumerate(ids):
+        item = {**notification(user, nid), "data_json": json.dumps({"n": n})}
+        commands.append(
+            {
+                "kind": "digest",
+                "notification": item,
+                "release_at": 0,
+                "reason": None,
+                "digest_key": "replay",
+                "digest_rule": rule,
+                "issued_at": now_ms(),
+            }
+        )
+    for record in (commands[0], commands[0], commands[1]):
+        pipeline.produce_record("notifications.deferred", f"acme:{user}", record)
+    pipeline.flush()
+
+    # Collected twice, A would fill the window alone and B would wait in the next one.
+    assert_one_digest(pipeline, smtp, user, ids, "replay")
