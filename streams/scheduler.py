@@ -10,7 +10,8 @@ Status: deferred (each digest item, once) | accepted (a digest's own notificatio
         digested (each item when its digest is sent; final).
 
 Tables (written only while processing an event of the entry's partition, never from a timer):
-  schedule: notification_id -> {"notification", "release_at", "issued_at", "partition"},
+  schedule: notification_id -> {"notification", "release_at", "issued_at", "partition",
+            "traceparent"},
             after release a small marker {"released_at", "issued_at", "partition"}.
   digests:  "w|tenant:user|channel|digest_key" -> window header (digest id, rule, count, times);
             "<digest_id>#<n>" -> the n-th item; "seen|<notification_id>" -> its window.
@@ -132,7 +133,9 @@ def check_placement(event: EventT, notification: dict[str, Any]) -> None:
 
 
 # -- schedule ---------------------------------------------------------------------------------
-async def hold(command: dict[str, Any], partition: int, now: int) -> None:
+async def hold(
+    command: dict[str, Any], partition: int, now: int, headers: dict[str, bytes]
+) -> None:
     """Keep a notification until its release time, or release it at once if it is due."""
     notification = command["notification"]
     nid = notification["notification_id"]
@@ -142,35 +145,44 @@ async def hold(command: dict[str, Any], partition: int, now: int) -> None:
         # A new deferral of the same notification (quiet hours after send_at) is issued
         # after the release, so it is newer than the marker.
         return
-    if command["release_at"] <= now:
-        await release([notification], [command["issued_at"]], partition, now)
-        return
-    schedule[nid] = {
+    entry = {
         "notification": notification,
         "release_at": command["release_at"],
         "reason": command.get("reason"),
         "issued_at": command["issued_at"],
         "partition": partition,
+        # The released notification continues the trace of the request, not of a tick.
+        "traceparent": headers.get("traceparent", b"").decode(),
     }
+    if command["release_at"] <= now:
+        await release([entry], partition, now)
+        return
+    schedule[nid] = entry
     index.push(partition, command["release_at"], RELEASE, nid)
 
 
-async def release(
-    notifications: list[dict[str, Any]], issued: list[int], partition: int, now: int
-) -> None:
+async def release(entries: list[dict[str, Any]], partition: int, now: int) -> None:
     """Produce to notifications.accepted, wait for the broker, THEN mark released.
 
     A crash in between releases again on replay: same notification id, so the same
     status event ids, and the deliver stage's `delivered` table sends nothing twice.
     """
     accepted = topics.sink("notifications.accepted")
-    for notification in notifications:
+    for entry in entries:
+        notification = entry["notification"]
         key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
-        await accepted.send(key=key, value=notification)
+        traceparent = entry.get("traceparent")
+        headers = {"traceparent": traceparent.encode()} if traceparent else None
+        await accepted.send(key=key, value=notification, headers=headers)
     await app.producer.flush()
-    for notification, issued_at in zip(notifications, issued, strict=True):
+    for entry in entries:
+        notification = entry["notification"]
         nid = notification["notification_id"]
-        schedule[nid] = {"released_at": now, "issued_at": issued_at, "partition": partition}
+        schedule[nid] = {
+            "released_at": now,
+            "issued_at": entry["issued_at"],
+            "partition": partition,
+        }
         index.push(partition, now + MARKER_TTL_MS, EXPIRE_SCHEDULE, nid)
         metrics.processed(STAGE, "released", notification["occurred_at"])
 
@@ -317,13 +329,11 @@ async def sweep(partition: int, now: int, headers: dict[str, bytes]) -> None:
     if not index.is_built(partition):
         rebuild(partition)
     to_release: list[dict[str, Any]] = []
-    issued: list[int] = []
     for due_at, kind, key in index.pop_due(partition, now):
         if kind == RELEASE:
             entry = schedule.get(key)
             if entry and "notification" in entry and entry["release_at"] == due_at:
-                to_release.append(entry["notification"])
-                issued.append(entry["issued_at"])
+                to_release.append(entry)
         elif kind == FLUSH:
             header = digests.get(key)
             if header and header["flush_at"] <= now:
@@ -335,7 +345,7 @@ async def sweep(partition: int, now: int, headers: dict[str, bytes]) -> None:
         elif kind == EXPIRE_SEEN:
             _expire_seen(partition, key, now)
     if to_release:
-        await release(to_release, issued, partition, now)
+        await release(to_release, partition, now)
 
 
 def _expire_seen(partition: int, key: str, now: int) -> None:
@@ -370,7 +380,7 @@ async def handle(event: EventT) -> None:
     try:
         check_placement(event, notification)
         if command["kind"] == "schedule":
-            await hold(command, partition, now)
+            await hold(command, partition, now, headers)
         else:
             await collect(command, partition, now, headers)
     except Rejected as exc:

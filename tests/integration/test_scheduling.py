@@ -143,6 +143,16 @@ def test_send_at_is_deferred_then_sent_once_after_its_time(
     time.sleep(2)  # a second release would arrive right behind
     assert len(smtp.by_notification_id()[nid]) == 1
 
+    # Accepted twice (from the request, then released): one trace across the wait.
+    accepted = [
+        m
+        for m in pipeline.read_topic("notifications.accepted")
+        if pipeline.codec.decode(m.value(), "Notification")["notification_id"] == nid
+    ]
+    assert len(accepted) == 2
+    trace_ids = {dict(m.headers() or [])["traceparent"].split(b"-")[1] for m in accepted}
+    assert len(trace_ids) == 1, trace_ids
+
 
 def notification(user: str, nid: str) -> dict[str, Any]:
     """A Notification as enrich hands it to the scheduler (no send_at: not deferred again)."""
