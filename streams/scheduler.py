@@ -106,6 +106,7 @@ _ticks_in_flight: dict[int, float] = {}
 @schedule.on_recover
 async def _schedule_recovered() -> None:
     index.invalidate()
+    _ticks_in_flight.clear()  # ticks sent before a rebalance may never be processed here
 
 
 @digests.on_recover
