@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 import uuid
 from typing import Any
@@ -17,7 +18,8 @@ import pytest
 
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
-from tests.support.pipeline import Pipeline, wait_until
+from tests.support.pipeline import Pipeline, Process, wait_until
+from tests.support.ports import free_port
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -289,3 +291,40 @@ def test_restart_with_pending_schedules_and_an_open_digest_releases_each_once(
     assert message["Subject"] == f"{DIGEST_ITEMS} updates on restart-item|email|p1"
     replayed = sum(1 for nid in items if len(events(pipeline, nid, "deferred")) > 1)
     print(f"{replayed} digest items were collected again after the restart (replays)")
+
+
+def test_schedules_move_with_their_partitions_when_a_second_worker_joins(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Each worker ticks only the partitions it owns: after the rebalance, still once each."""
+    send_at = now_ms() + 30_000
+    users = [f"mv{i}" for i in range(40)]  # spread over every partition
+    scheduled = [send(pipeline, user, send_at=send_at) for user in users]
+    pipeline.flush()
+    pipeline.wait_for_status(scheduled, {"deferred"}, timeout=60)
+
+    second = Process(
+        "worker-2",
+        [sys.executable, "-m", "streams", "worker", "-l", "info"],
+        {**pipeline.env, "WORKER_WEB_PORT": str(free_port()), "METRICS_PORT": str(free_port())},
+        pipeline.worker.log_path.parent,
+    )
+    second.start()
+    try:
+        wait_until(
+            lambda: b"Worker]: Ready" in second.log_path.read_bytes(),
+            120,
+            "the second worker to join",
+        )
+        assert now_ms() < send_at, "the second worker joined after the schedules were due"
+        pipeline.wait_for_status(scheduled, {"sent"}, timeout=180)
+        for nid in scheduled:
+            assert sent_at(pipeline, nid) >= send_at
+        time.sleep(3)  # a second release would arrive right behind
+        received = smtp.by_notification_id()
+        assert all(len(received[nid]) == 1 for nid in scheduled), "a schedule was sent twice"
+        assert b"scheduler: partition" in second.log_path.read_bytes(), (
+            "the second worker never swept a partition of its own"
+        )
+    finally:
+        second.stop()
