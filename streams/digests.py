@@ -37,10 +37,10 @@ def rule_problem(rule: dict[str, Any] | None) -> str | None:
         return "digest_rule: required for a digest command"
     if not rule.get("template_id"):
         return "digest_rule.template_id: the template that renders the digest is required"
-    if rule["window_seconds"] <= 0 and rule["max_items"] <= 0:
-        return "digest_rule: window_seconds or max_items must be positive"
-    if rule["window_seconds"] < 0 or rule["max_items"] < 0:
-        return "digest_rule: window_seconds and max_items must not be negative"
+    if rule["window_seconds"] <= 0:
+        return "digest_rule.window_seconds: must be positive (max_items may flush earlier)"
+    if rule["max_items"] < 0:
+        return "digest_rule.max_items: must not be negative (0: no limit)"
     if rule["mode"] == "inactivity" and rule["max_window_seconds"] <= 0:
         return "digest_rule.max_window_seconds: must be positive in inactivity mode"
     return None
@@ -77,7 +77,7 @@ def digest_notification(
         raise ValueError(f"digest {header['digest_id']}: a window with no items")
     first = items[0]
     data = {
-        "items": [json.loads(item["data_json"]) for item in items],
+        "items": [_data(item) for item in items],
         "count": len(items),
         "digest_key": header["digest_key"],
     }
@@ -106,3 +106,11 @@ def digest_notification(
         "send_at": None,
         "digest_id": header["digest_id"],
     }
+
+
+def _data(item: dict[str, Any]) -> Any:
+    """An item's data; one that is not JSON (validated upstream) must not block its digest."""
+    try:
+        return json.loads(item["data_json"])
+    except ValueError:
+        return {"data_json": item["data_json"]}

@@ -329,6 +329,15 @@ async def sweep(partition: int, now: int, headers: dict[str, bytes]) -> None:
     """Release what is due in this partition; flush due windows; expire old markers."""
     if not index.is_built(partition):
         rebuild(partition)
+    try:
+        await _sweep(partition, now, headers)
+    except BaseException:
+        # Entries popped from the index were not all handled: rebuild it at the next tick.
+        index.reset(partition)
+        raise
+
+
+async def _sweep(partition: int, now: int, headers: dict[str, bytes]) -> None:
     to_release: list[dict[str, Any]] = []
     for due_at, kind, key in index.pop_due(partition, now):
         if kind == RELEASE:
