@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
 from streams import config_views, frequency, metrics, templates
@@ -31,6 +30,7 @@ from streams.events import (
     now_ms,
     outgoing_headers,
 )
+from streams.ids import expected_partition
 from streams.user_service import UserServiceClient
 
 log = logging.getLogger(__name__)
@@ -258,11 +258,6 @@ async def handle(event: EventT) -> None:
 async def enrich_notifications(stream: StreamT) -> None:
     async for event in stream.events():
         await guarded(STAGE, event, handle)
-
-
-def expected_partition(key: str, partitions: int) -> int:
-    """Where murmur2 (Java's and Faust's partitioner) puts `key`."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 async def _materialise(event: EventT, target: Any, schema_name: str) -> None:

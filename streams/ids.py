@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 
+from aiokafka.partitioner import murmur2
+
 _NAMESPACE = uuid.UUID("8f6f3f0e-6f43-4c1c-9a53-1c2f8f1f6a10")
 
 
@@ -39,3 +41,8 @@ def digest_id(window_key: str, opened_at: int) -> str:
     so a replayed flush yields the same notification.
     """
     return str(uuid.uuid5(_NAMESPACE, f"dig:{window_key}|{opened_at}"))
+
+
+def expected_partition(key: str, partitions: int) -> int:
+    """Where murmur2 (Java's and Faust's partitioner) puts `key`."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions

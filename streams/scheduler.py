@@ -25,7 +25,6 @@ import logging
 import time
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
 from streams import metrics
@@ -40,7 +39,7 @@ from streams.events import (
     now_ms,
     outgoing_headers,
 )
-from streams.ids import digest_id, recipient_key
+from streams.ids import digest_id, expected_partition, recipient_key
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +111,6 @@ async def _schedule_recovered() -> None:
 @digests.on_recover
 async def _digests_recovered() -> None:
     index.invalidate()
-
-
-def expected_partition(key: str, partitions: int) -> int:
-    """Where murmur2 (Java's and Faust's partitioner) puts `key`."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def check_placement(event: EventT, notification: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from streams.ids import notification_id
-from tests.integration.conftest import now_ms
 from tests.integration.test_preferences import wait_materialised
 from tests.support.pipeline import Pipeline, wait_until
+from tests.support.requests import produce_request, request_record
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -100,24 +98,8 @@ def pipeline(
 
 
 def send(pipeline: Pipeline, user: str, email: str | None) -> str:
-    record = {
-        "request_id": str(uuid.uuid4()),
-        "tenant_id": "acme",
-        "idempotency_key": None,
-        "batch_id": None,
-        "occurred_at": now_ms(),
-        "channels": ["email"],
-        "recipients": [
-            {"user_id": user, "email": email, "phone": None, "locale": None, "timezone": None}
-        ],
-        "template_id": None,
-        "content": CONTENT,
-        "data_json": json.dumps({"name": user}),
-        "priority": "normal",
-        "metadata": {},
-    }
-    pipeline.produce_record("notifications.requests", f"acme:{user}", record)
-    return notification_id(record["request_id"], user, "email")
+    record = request_record(user, content=CONTENT, recipient={"email": email})
+    return produce_request(pipeline, record)
 
 
 def enriched(pipeline: Pipeline, nid: str) -> dict[str, Any]:

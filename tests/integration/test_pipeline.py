@@ -332,7 +332,7 @@ def test_preferences_on_the_wrong_partition_are_dead_lettered_with_the_fix(
     pipeline: Pipeline,
 ) -> None:
     """A producer with librdkafka's default partitioner breaks co-partitioning: say so."""
-    from streams.enrich import expected_partition
+    from streams.ids import expected_partition
 
     key = "acme:misplaced"
     wrong = (expected_partition(key, 4) + 1) % 4

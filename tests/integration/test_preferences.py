@@ -6,7 +6,6 @@ the critical override; frequency caps; quiet hours and send_at deferrals; tenant
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
 from tests.support.pipeline import Pipeline, wait_until
+from tests.support.requests import request_record
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -26,32 +26,7 @@ CONTENT = {"subject": "Hello {{ name }}", "text": "Hi {{ name }}", "html": None}
 
 
 def request(tenant: str, user: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "request_id": str(uuid.uuid4()),
-        "tenant_id": tenant,
-        "idempotency_key": None,
-        "batch_id": None,
-        "occurred_at": now_ms(),
-        "channels": ["email"],
-        "recipients": [
-            {
-                "user_id": user,
-                "email": f"{user}@example.test",
-                "phone": None,
-                "locale": None,
-                "timezone": None,
-            }
-        ],
-        "template_id": None,
-        "content": CONTENT,
-        "data_json": json.dumps({"name": user}),
-        "priority": "normal",
-        "metadata": {},
-        "category": None,
-        "template_version": None,
-        "send_at": None,
-        **extra,
-    }
+    return request_record(user, tenant=tenant, content=CONTENT, **extra)
 
 
 def send(pipeline: Pipeline, tenant: str, user: str, **extra: Any) -> str:

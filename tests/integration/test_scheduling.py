@@ -20,6 +20,7 @@ from streams.ids import notification_id
 from tests.integration.conftest import now_ms
 from tests.support.pipeline import Pipeline, Process, wait_until
 from tests.support.ports import free_port
+from tests.support.requests import request_record
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -33,32 +34,7 @@ DIGEST_CONTENT = {
 
 
 def request(user: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "request_id": str(uuid.uuid4()),
-        "tenant_id": "acme",
-        "idempotency_key": None,
-        "batch_id": None,
-        "occurred_at": now_ms(),
-        "channels": ["email"],
-        "recipients": [
-            {
-                "user_id": user,
-                "email": f"{user}@example.test",
-                "phone": None,
-                "locale": None,
-                "timezone": None,
-            }
-        ],
-        "template_id": None,
-        "content": CONTENT,
-        "data_json": json.dumps({"name": user}),
-        "priority": "normal",
-        "metadata": {},
-        "category": None,
-        "template_version": None,
-        "send_at": None,
-        **extra,
-    }
+    return request_record(user, content=CONTENT, **extra)
 
 
 def send(pipeline: Pipeline, user: str, **extra: Any) -> str:

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.ids import notification_id
-from tests.integration.conftest import now_ms
 from tests.support.pipeline import REPO, Pipeline
+from tests.support.requests import produce_request, request_record
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -78,33 +77,18 @@ def send(
     version: int | None = None,
 ) -> str:
     """Produce a templated email request for a fresh user; its notification id."""
-    user = f"u{uuid.uuid4().hex[:8]}"
-    record = {
-        "request_id": str(uuid.uuid4()),
-        "tenant_id": tenant,
-        "idempotency_key": None,
-        "batch_id": None,
-        "occurred_at": now_ms(),
-        "channels": ["email"],
-        "recipients": [
-            {
-                "user_id": user,
-                "email": f"{user}@example.test",
-                "phone": None,
-                "locale": locale,
-                "timezone": None,
-            }
-        ],
-        "template_id": template_id,
-        "content": None,
-        "data_json": json.dumps(data),
-        "priority": "normal",
-        "metadata": {},
-        "template_version": version,
-    }
-    pipeline.produce_record("notifications.requests", f"{tenant}:{user}", record)
+    record = request_record(
+        f"u{uuid.uuid4().hex[:8]}",
+        tenant=tenant,
+        content=None,
+        data=data,
+        recipient={"locale": locale},
+        template_id=template_id,
+        template_version=version,
+    )
+    nid = produce_request(pipeline, record)
     pipeline.flush()
-    return notification_id(record["request_id"], user, "email")
+    return nid
 
 
 def delivered(pipeline: Pipeline, smtp: SmtpCapture, nid: str) -> EmailMessage:
