@@ -26,7 +26,7 @@ CONTENT = {"subject": "Hello {{ name }}", "text": "Hi {{ name }}", "html": None}
 
 
 def request(tenant: str, user: str, **extra: Any) -> dict[str, Any]:
-    return request_record(user, tenant=tenant, content=CONTENT, **extra)
+    return request_record(user, tenant=tenant, **{"content": CONTENT, **extra})
 
 
 def send(pipeline: Pipeline, tenant: str, user: str, **extra: Any) -> str:

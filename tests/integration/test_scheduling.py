@@ -34,7 +34,7 @@ DIGEST_CONTENT = {
 
 
 def request(user: str, **extra: Any) -> dict[str, Any]:
-    return request_record(user, content=CONTENT, **extra)
+    return request_record(user, **{"content": CONTENT, **extra})
 
 
 def send(pipeline: Pipeline, user: str, **extra: Any) -> str:
