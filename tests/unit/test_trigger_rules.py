@@ -11,7 +11,7 @@ import yaml
 
 from streams.catalog import TopicCatalog
 from streams.settings import Settings
-from streams.triggers import (
+from streams.trigger_rules import (
     MISSING,
     REPO,
     TriggerConfigError,

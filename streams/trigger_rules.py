@@ -1,0 +1,235 @@
+"""Trigger rules: the YAML file that maps upstream domain events to notification requests.
+
+The file's model (pydantic; a bad file is an error naming the rule and field) and the pure
+functions that match an event and build a NotificationRequest from it. The agent that
+applies them is streams.triggers; the format is in docs/triggers.md.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schemas import SchemaCatalog
+from streams.catalog import TopicCatalog
+from streams.events import Rejected
+
+REPO = Path(__file__).resolve().parent.parent
+_NAMESPACE = uuid.UUID("6d1f0a3e-5b52-4a0c-9a0e-2f3c8e1b7d44")
+_SCHEMAS = SchemaCatalog.load()
+CHANNELS = frozenset(_SCHEMAS.expanded("Channel")["symbols"])
+CATEGORIES = frozenset(_SCHEMAS.expanded("Category")["symbols"])
+PRIORITIES = frozenset(_SCHEMAS.expanded("Priority")["symbols"])
+
+
+class TriggerConfigError(Exception):
+    """The rules file is unreadable or invalid; the message names the rule and field."""
+
+
+class TriggerError(Rejected):
+    """An event a matching rule cannot turn into a request."""
+
+
+# -- the rules file ---------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TenantSpec(_Strict):
+    path: str | None = None
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TenantSpec:
+        if (self.path is None) == (self.value is None):
+            raise ValueError("give exactly one of path (a dotted path) or value (a tenant id)")
+        return self
+
+
+class RecipientSpec(_Strict):
+    """Dotted paths into the event; user_id is required, the addresses are fallbacks."""
+
+    user_id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+
+
+class Rule(_Strict):
+    name: str = Field(min_length=1)
+    topic: str
+    when: dict[str, Any] = Field(default_factory=dict)
+    tenant: TenantSpec
+    template_id: str = Field(min_length=1)
+    channels: list[str] = Field(min_length=1)
+    recipient: RecipientSpec
+    data: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+    category: str | None = None
+    priority: str = "normal"
+
+    @field_validator("channels")
+    @classmethod
+    def _known_channels(cls, channels: list[str]) -> list[str]:
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown channel(s) {unknown}; valid: {sorted(CHANNELS)}")
+        return channels
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, category: str | None) -> str | None:
+        if category is not None and category not in CATEGORIES:
+            raise ValueError(f"unknown category {category!r}; valid: {sorted(CATEGORIES)}")
+        return category
+
+    @field_validator("priority")
+    @classmethod
+    def _known_priority(cls, priority: str) -> str:
+        if priority not in PRIORITIES:
+            raise ValueError(f"unknown priority {priority!r}; valid: {sorted(PRIORITIES)}")
+        return priority
+
+
+class RulesFile(_Strict):
+    rules: list[Rule] = Field(default_factory=list)
+
+
+def _describe(error: dict[str, Any], raw: Any) -> str:
+    loc = list(error["loc"])
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        index = loc[1]
+        entry = raw["rules"][index] if isinstance(raw, dict) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"rule {name!r}" if name else f"rule #{index + 1}"
+        field = ".".join(str(part) for part in loc[2:]) or "(the rule)"
+        return f"{where}, field {field}: {error['msg']}"
+    return f"{'.'.join(str(part) for part in loc) or '(file)'}: {error['msg']}"
+
+
+def parse_rules(raw: Any, topic_catalog: TopicCatalog, source: str = "rules") -> list[Rule]:
+    """Validate a rules document; raises TriggerConfigError naming the rule and field."""
+    if raw is None:
+        return []
+    try:
+        rules = RulesFile.model_validate(raw).rules
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(error), raw) for error in exc.errors())
+        raise TriggerConfigError(f"{source}: {problems}") from None
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.name in seen:
+            raise TriggerConfigError(f"{source}: rule {rule.name!r}, field name: used twice")
+        seen.add(rule.name)
+        try:
+            spec = topic_catalog[rule.topic]
+        except KeyError:
+            raise TriggerConfigError(
+                f"{source}: rule {rule.name!r}, field topic: {rule.topic!r} is not in topics.yaml"
+            ) from None
+        if spec.value_schema is not None:
+            raise TriggerConfigError(
+                f"{source}: rule {rule.name!r}, field topic: {rule.topic} carries Avro "
+                f"{spec.value_schema}, not upstream JSON events"
+            )
+    return rules
+
+
+def resolve_path(configured: str) -> Path:
+    path = Path(configured)
+    if not path.is_absolute() and not path.exists():
+        path = REPO / path  # the default is relative to the repository
+    return path
+
+
+def load_rules(path: str | Path, topic_catalog: TopicCatalog) -> list[Rule]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TriggerConfigError(f"{path}: cannot read the trigger rules: {exc}") from exc
+    return parse_rules(raw, topic_catalog, str(path))
+
+
+# -- pure rules -------------------------------------------------------------------------------
+
+MISSING: Any = object()
+
+
+def extract(value: Any, path: str) -> Any:
+    """The value at a dotted path (`customer.id`, `items.0.sku`), or MISSING."""
+    current = value
+    for part in path.split("."):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return MISSING
+    return current
+
+
+def matches(rule: Rule, event: Any) -> bool:
+    return all(extract(event, path) == expected for path, expected in rule.when.items())
+
+
+def _text(rule: Rule, event: Any, path: str | None, field: str, required: bool) -> str | None:
+    if path is None:
+        return None
+    found = extract(event, path)
+    if found is MISSING or found is None or found == "":
+        if required:
+            raise TriggerError(f"rule {rule.name!r}: {field} path {path!r} is missing in the event")
+        return None
+    if isinstance(found, dict | list):
+        raise TriggerError(f"rule {rule.name!r}: {field} path {path!r} is not a single value")
+    return str(found)
+
+
+def request_id(rule: Rule, topic: str, partition: int, offset: int) -> str:
+    """Stable under replay: the same event and rule always make the same request."""
+    return str(uuid.uuid5(_NAMESPACE, f"trigger:{rule.name}:{topic}:{partition}:{offset}"))
+
+
+def build_request(
+    rule: Rule, event: Any, *, topic: str, partition: int, offset: int, now: int
+) -> dict[str, Any]:
+    """The NotificationRequest a matching rule makes of an event; TriggerError if it cannot."""
+    spec = rule.recipient
+    recipient = {
+        "user_id": _text(rule, event, spec.user_id, "recipient.user_id", True),
+        "email": _text(rule, event, spec.email, "recipient.email", False),
+        "phone": _text(rule, event, spec.phone, "recipient.phone", False),
+        "locale": _text(rule, event, spec.locale, "recipient.locale", False),
+        "timezone": _text(rule, event, spec.timezone, "recipient.timezone", False),
+    }
+    tenant = rule.tenant.value or _text(rule, event, rule.tenant.path, "tenant", True)
+    data = {
+        name: found
+        for name, path in rule.data.items()
+        if (found := extract(event, path)) is not MISSING
+    }
+    return {
+        "request_id": request_id(rule, topic, partition, offset),
+        "tenant_id": tenant,
+        "idempotency_key": _text(rule, event, rule.idempotency_key, "idempotency_key", False),
+        "batch_id": None,
+        "occurred_at": now,
+        "channels": list(rule.channels),
+        "recipients": [recipient],
+        "template_id": rule.template_id,
+        "content": None,
+        "data_json": json.dumps(data, default=str),
+        "priority": rule.priority,
+        "metadata": {"trigger": rule.name, "source": f"{topic}/{partition}/{offset}"},
+        "category": rule.category,
+        "template_version": None,
+        "send_at": None,
+    }
