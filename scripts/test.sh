@@ -99,7 +99,7 @@ echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
 # --- 4. pytest --------------------------------------------------------------------------------
 step "pytest $*"
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=12 "$@"
 rc=$?
 set -e
 if [[ "$rc" == 5 ]]; then

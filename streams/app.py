@@ -51,6 +51,8 @@ app = faust.App(
     web_host="127.0.0.1",
     web_bind="127.0.0.1",
     broker_commit_interval=1.0,
+    broker_session_timeout=settings.worker_session_timeout_seconds,
+    broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_seconds / 3),
     stream_buffer_maxsize=1024,
     TableManager="streams.faust_fixes:FixedTableManager",
 )

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Faust's own web server (its /metrics-free status pages); off unless a port is given.
     worker_web_port: int | None = None
     metrics_port: int | None = None
+    # How long the group waits for a silent (crashed) worker before giving its partitions to
+    # another: the pause a crash causes. Faust's 60 s default is long for notifications.
+    worker_session_timeout_seconds: float = 10.0
     idempotency_ttl_seconds: int = 24 * 3600
     delivered_ttl_seconds: int = 7 * 24 * 3600
     # Inline retries of a transient provider failure before the message is dead-lettered.
