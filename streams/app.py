@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import faust
 from faust.serializers import codecs
 
 from schemas import SchemaCatalog, build_codec, register_faust_codecs
 from schemas.faust_codec import codec_name
 from streams.catalog import TopicCatalog
+from streams.faust_fixes import FixedApp
 from streams.settings import get_settings
 
 settings = get_settings()
@@ -35,7 +35,7 @@ class Utf8(codecs.Codec):
 
 codecs.register("utf8", Utf8())
 
-app = faust.App(
+app = FixedApp(
     settings.full_app_id,
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
     store="memory://",

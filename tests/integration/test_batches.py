@@ -226,7 +226,9 @@ def test_a_killed_worker_recovers_the_batch_and_completes_it_once(
         received = smtp.by_notification_id()
         return sum(1 for nid in ids if nid in received)
 
-    wait_until(lambda: pipeline.assert_alive() or sent() >= 30, 120, "the first emails")
+    # Killed at the first email: the later stages have usually committed nothing yet, the
+    # case where a restarted worker once skipped 9 to 170 of these (streams/faust_fixes.py).
+    wait_until(lambda: pipeline.assert_alive() or sent() >= 1, 120, "the first email")
     pipeline.worker.stop(signal.SIGKILL)
     assert sent() < 200, "the batch finished before the worker was killed"
     assert not of_type(batch_events(pipeline, batch_id), "batch.completed")

@@ -249,9 +249,65 @@ class Pipeline:
             missing = [nid for nid in ids if not self.latest(nid) & statuses]
             raise AssertionError(
                 f"{len(missing)} of {len(ids)} did not reach {statuses}; e.g. {missing[:3]} "
-                f"with {[sorted(self.latest(n)) for n in missing[:3]]}\n--- worker log ---\n"
-                f"{self.worker.tail()}"
+                f"with {[sorted(self.latest(n)) for n in missing[:3]]}\n"
+                f"{self.diagnose(missing[:3])}"
             ) from None
+
+    STAGE_TOPICS = (
+        "notifications.accepted",
+        "notifications.enriched",
+        "notifications.rendered",
+        "notifications.deliver.email",
+        "notifications.deliver.in_app",
+    )
+
+    def progress_report(self) -> str:
+        """The worker group's committed offset against the end offset, per stage partition."""
+        group = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": self.settings.full_app_id,
+                "enable.auto.commit": False,
+            }
+        )
+        lines = ["--- worker group committed/end offsets ---"]
+        try:
+            for logical in self.STAGE_TOPICS:
+                name = self.topics.name(logical)
+                partitions = range(self.topics[logical].partitions)
+                committed = group.committed([TopicPartition(name, p) for p in partitions], 5)
+                progress = " ".join(
+                    f"p{tp.partition}:{tp.offset}/{group.get_watermark_offsets(tp, 5)[1]}"
+                    for tp in committed
+                )
+                lines.append(f"{logical}: {progress}")
+        except Exception as exc:
+            lines.append(f"(progress report failed: {exc!r})")
+        finally:
+            group.close()
+        return "\n".join(lines)
+
+    def diagnose(self, stuck_ids: list[str]) -> str:
+        """Where stuck notifications sit on the stage topics, how far the worker's group has
+        committed there, and every task's stack (mode's SIGUSR1 handler logs them)."""
+        lines = ["--- where the stuck notifications are (topic[partition]@offset) ---"]
+        try:
+            for logical in self.STAGE_TOPICS:
+                found = [
+                    f"{m.partition()}@{m.offset()}"
+                    for m in self.read_topic(logical, timeout=2.0)
+                    if any(nid.encode() in (m.value() or b"") for nid in stuck_ids)
+                ]
+                lines.append(f"{logical}: found {found or '-'}")
+        except Exception as exc:  # a diagnosis must not hide the failure it explains
+            lines.append(f"(diagnosis failed: {exc!r})")
+        lines.append(self.progress_report())
+        if self.worker.alive() and self.worker.proc is not None:
+            self.worker.proc.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+        lines.append(f"--- worker log ({self.worker.log_path}) ---")
+        lines.append(self.worker.tail(40))
+        return "\n".join(lines)
 
     def read_topic(self, logical_topic: str, timeout: float = 5.0) -> list[Any]:
         """Every message currently on a topic (all partitions), as confluent Message objects."""
