@@ -186,6 +186,26 @@ async def handle_create(command: dict[str, Any], headers: dict[str, bytes]) -> N
     )
 
 
+async def _reject(
+    command: dict[str, Any],
+    batch: dict[str, Any] | None,
+    event_type: str,
+    reason: str,
+    headers: dict[str, bytes],
+) -> None:
+    """A rejection event; the batch's counts are shown only to the tenant that owns it."""
+    owned = batch is not None and batch["tenant_id"] == command["tenant_id"]
+    await emit_batch_event(
+        command["batch_id"],
+        command["tenant_id"],
+        event_type,
+        batch=batch if owned else None,
+        headers=headers,
+        command_id=command["command_id"],
+        reason=reason,
+    )
+
+
 async def handle_append(command: dict[str, Any], headers: dict[str, bytes]) -> None:
     batch_id, command_id = command["batch_id"], command["command_id"]
     batch = batches.get(batch_id)
@@ -193,15 +213,7 @@ async def handle_append(command: dict[str, Any], headers: dict[str, bytes]) -> N
     if reason is None and batch is not None:
         reason = chunk_rejection(batch, command["requests"])
     if reason is not None:
-        await emit_batch_event(
-            batch_id,
-            command["tenant_id"],
-            "batch.chunk_rejected",
-            batch=batch if batch and batch["tenant_id"] == command["tenant_id"] else None,
-            headers=headers,
-            command_id=command_id,
-            reason=reason,
-        )
+        await _reject(command, batch, "batch.chunk_rejected", reason, headers)
         return
     requests = forwarded_requests(batch_id, command)
     count = notification_count(requests)
@@ -237,15 +249,7 @@ async def handle_close_or_cancel(command: dict[str, Any], headers: dict[str, byt
     replay = batch is not None and batch.get("changed_by") == command_id
     reason = None if replay else command_rejection(batch, command)
     if reason is not None:
-        await emit_batch_event(
-            batch_id,
-            command["tenant_id"],
-            "batch.command_rejected",
-            batch=batch if batch and batch["tenant_id"] == command["tenant_id"] else None,
-            headers=headers,
-            command_id=command_id,
-            reason=f"{kind}: {reason}",
-        )
+        await _reject(command, batch, "batch.command_rejected", f"{kind}: {reason}", headers)
         return
     assert batch is not None
     if not replay:

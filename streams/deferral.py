@@ -17,6 +17,32 @@ def _key(notification: dict[str, Any]) -> str:
     return recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
 
 
+async def _send_command(
+    notification: dict[str, Any],
+    headers: dict[str, bytes],
+    *,
+    kind: str,
+    release_at: int = 0,
+    reason: str | None = None,
+    digest_key: str | None = None,
+    digest_rule: dict[str, Any] | None = None,
+) -> None:
+    """A DeferredCommand, keyed by recipient so the scheduler on its partition owns it."""
+    await topics.sink("notifications.deferred").send(
+        key=_key(notification),
+        value={
+            "kind": kind,
+            "notification": notification,
+            "release_at": release_at,
+            "reason": reason,
+            "digest_key": digest_key,
+            "digest_rule": digest_rule,
+            "issued_at": now_ms(),
+        },
+        headers=headers,
+    )
+
+
 async def defer(
     notification: dict[str, Any],
     release_at: int,
@@ -26,18 +52,8 @@ async def defer(
     headers: dict[str, bytes],
 ) -> None:
     """Hold the notification until `release_at` (epoch ms); it then re-enters enrich."""
-    await topics.sink("notifications.deferred").send(
-        key=_key(notification),
-        value={
-            "kind": "schedule",
-            "notification": notification,
-            "release_at": release_at,
-            "reason": reason,
-            "digest_key": None,
-            "digest_rule": None,
-            "issued_at": now_ms(),
-        },
-        headers=headers,
+    await _send_command(
+        notification, headers, kind="schedule", release_at=release_at, reason=reason
     )
     await emit_status(
         notification,
@@ -58,16 +74,6 @@ async def collect_into_digest(
     headers: dict[str, bytes],
 ) -> None:
     """Add the notification to its open digest window (the scheduler opens one if needed)."""
-    await topics.sink("notifications.deferred").send(
-        key=_key(notification),
-        value={
-            "kind": "digest",
-            "notification": notification,
-            "release_at": 0,
-            "reason": None,
-            "digest_key": digest_key,
-            "digest_rule": rule,
-            "issued_at": now_ms(),
-        },
-        headers=headers,
+    await _send_command(
+        notification, headers, kind="digest", digest_key=digest_key, digest_rule=rule
     )
