@@ -108,12 +108,18 @@ def send_samples() -> list[str]:
         "data_json": json.dumps({"order": "A-1001"}),
     }
     producer = Producer(producer_config(settings))
-    producer.produce(
-        TopicCatalog.load(settings).name("notifications.requests"),
-        key=f"{record['tenant_id']}:grace",
-        value=codec.encode("NotificationRequest", record),
-    )
-    ids.append(notification_id(request_id, "grace", "email"))
+    requests_topic = TopicCatalog.load(settings).name("notifications.requests")
+
+    def produce_request(request: dict[str, Any], user: str) -> None:
+        """Keyed tenant:user like every producer of the topic; tracks the email's id."""
+        producer.produce(
+            requests_topic,
+            key=f"{request['tenant_id']}:{user}",
+            value=codec.encode("NotificationRequest", request),
+        )
+        ids.append(notification_id(request["request_id"], user, "email"))
+
+    produce_request(record, "grace")
     print(f"produced a NotificationRequest straight to Kafka (request {request_id})")
 
     # A seeded template in Portuguese, held until 5 seconds from now (send_at).
@@ -127,12 +133,7 @@ def send_samples() -> list[str]:
         "data_json": json.dumps({"name": "João"}),
         "send_at": int(time.time() * 1000) + 5000,
     }
-    producer.produce(
-        TopicCatalog.load(settings).name("notifications.requests"),
-        key=f"{record['tenant_id']}:joao",
-        value=codec.encode("NotificationRequest", scheduled),
-    )
-    ids.append(notification_id(request_id, "joao", "email"))
+    produce_request(scheduled, "joao")
     print(f"produced a templated request with send_at in 5 s (request {request_id})")
 
     # An upstream domain event: the order-created trigger rule turns it into a notification.

@@ -149,38 +149,6 @@ class BatchClient:
             raise BatchClientError(f"{command['kind']}: {errors[0]}")
 
 
-_default: BatchClient | None = None
-
-
-def _client() -> BatchClient:
-    global _default
-    if _default is None:
-        _default = BatchClient()
-    return _default
-
-
-def create_batch(tenant_id: str, total_expected: int | None = None) -> tuple[str, str]:
-    return _client().create_batch(tenant_id, total_expected)
-
-
-def append_chunk(
-    batch_id: str,
-    tenant_id: str,
-    token: str,
-    requests: Sequence[dict[str, Any]],
-    command_id: str | None = None,
-) -> str:
-    return _client().append_chunk(batch_id, tenant_id, token, requests, command_id)
-
-
-def close_batch(batch_id: str, tenant_id: str, token: str) -> str:
-    return _client().close_batch(batch_id, tenant_id, token)
-
-
-def cancel_batch(batch_id: str, tenant_id: str, token: str) -> str:
-    return _client().cancel_batch(batch_id, tenant_id, token)
-
-
 # -- CLI -----------------------------------------------------------------------------------
 
 

@@ -6,10 +6,7 @@ USER_SERVICE_URL. Precedence: users.profiles, then the service, then the request
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,54 +16,18 @@ from tests.integration.test_preferences import wait_materialised
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.requests import produce_request, request_record
 from tests.support.smtp import SmtpCapture
+from tests.support.user_service import UserServicePeer
 
 pytestmark = pytest.mark.integration
 
 CONTENT = {"subject": "Hello {{ name }}", "text": "Hi {{ name }}", "html": None}
 
 
-class UserService:
-    """A real HTTP user service: GET /users/<tenant>/<user> -> profile JSON or 404."""
-
-    def __init__(self) -> None:
-        self.users: dict[str, dict[str, Any]] = {}
-        self.down = False
-        self.requests: list[str] = []
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                service.requests.append(self.path)
-                if service.down:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                user = service.users.get(self.path)
-                body = json.dumps(user or {"error": "unknown user"}).encode()
-                self.send_response(200 if user else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url_template(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/users/{{tenant_id}}/{{user_id}}"
-
-
 @pytest.fixture(scope="module")
-def user_service() -> Iterator[UserService]:
-    service = UserService()
-    service.thread.start()
+def user_service() -> Iterator[UserServicePeer]:
+    service = UserServicePeer().start()
     yield service
-    service.server.shutdown()
-    service.server.server_close()
+    service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +36,7 @@ def pipeline(
     fresh_database: str,
     smtp: SmtpCapture,
     log_dir: Path,
-    user_service: UserService,
+    user_service: UserServicePeer,
 ) -> Iterator[Pipeline]:
     """The pipeline with its enrich stage pointed at the local user service."""
     pipe = Pipeline(
@@ -84,7 +45,7 @@ def pipeline(
         smtp_port=smtp.port,
         log_dir=log_dir,
         extra_env={
-            "USER_SERVICE_URL": user_service.url_template,
+            "USER_SERVICE_URL": user_service.url,
             "USER_SERVICE_TIMEOUT_SECONDS": "1",
             "USER_SERVICE_BREAKER_FAILURES": "2",
             "USER_SERVICE_BREAKER_RESET_SECONDS": "600",
@@ -115,7 +76,7 @@ def enriched(pipeline: Pipeline, nid: str) -> dict[str, Any]:
 
 
 def test_the_user_service_supplies_address_locale_and_timezone(
-    pipeline: Pipeline, smtp: SmtpCapture, user_service: UserService
+    pipeline: Pipeline, smtp: SmtpCapture, user_service: UserServicePeer
 ) -> None:
     user_service.users["/users/acme/svc"] = {
         "email": "svc@service.test",
@@ -151,9 +112,9 @@ def test_the_user_service_supplies_address_locale_and_timezone(
 
 
 def test_a_failing_user_service_falls_back_to_the_request_and_opens_the_breaker(
-    pipeline: Pipeline, smtp: SmtpCapture, user_service: UserService
+    pipeline: Pipeline, smtp: SmtpCapture, user_service: UserServicePeer
 ) -> None:
-    user_service.down = True
+    user_service.mode = "error"
     for user in ("down1", "down2", "down3", "down4"):
         user_service.users[f"/users/acme/{user}"] = {"email": f"{user}@service.test"}
     before = len(user_service.requests)
@@ -162,7 +123,7 @@ def test_a_failing_user_service_falls_back_to_the_request_and_opens_the_breaker(
     pipeline.wait_for_status(list(ids.values()), {"sent"})
     # Two failures open the breaker: the next notifications do not call the service at all,
     # even once it is back.
-    user_service.down = False
+    user_service.mode = "ok"
     ids.update({user: send(pipeline, user, f"{user}@request.test") for user in ("down3", "down4")})
     pipeline.flush()
     pipeline.wait_for_status(list(ids.values()), {"sent"})

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
+from tests.support import requests
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture
 
@@ -38,30 +39,11 @@ def shim_body(user: str, **extra: Any) -> dict[str, Any]:
 
 
 def request_record(user: str, **extra: Any) -> dict[str, Any]:
-    """A NotificationRequest as an upstream service would publish it."""
-    return {
-        "request_id": str(uuid.uuid4()),
-        "tenant_id": "acme",
-        "idempotency_key": None,
-        "batch_id": None,
-        "occurred_at": now_ms(),
-        "channels": ["email"],
-        "recipients": [
-            {
-                "user_id": user,
-                "email": f"{user}@example.test",
-                "phone": None,
-                "locale": None,
-                "timezone": None,
-            }
-        ],
-        "template_id": None,
-        "content": CONTENT,
-        "data_json": json.dumps({"name": user.upper(), "order_id": f"o-{user}"}),
-        "priority": "normal",
-        "metadata": {},
-        **extra,
-    }
+    """A NotificationRequest as an upstream service would publish it (an order confirmation)."""
+    fields = {"content": CONTENT, **extra}
+    return requests.request_record(
+        user, data={"name": user.upper(), "order_id": f"o-{user}"}, **fields
+    )
 
 
 def sink_states(pipeline: Pipeline, ids: list[str]) -> dict[str, str]:

@@ -2,62 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from streams.user_service import UserServiceClient
-
-
-class FakeUserService:
-    """A real HTTP server; `mode` switches between answering, failing and hanging."""
-
-    def __init__(self) -> None:
-        self.users: dict[str, dict[str, Any]] = {}
-        self.mode = "ok"  # ok | error | slow
-        self.requests: list[str] = []
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                service.requests.append(self.path)
-                if service.mode == "slow":
-                    time.sleep(0.5)
-                if service.mode == "error":
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                user = service.users.get(self.path)
-                body = json.dumps(user).encode() if user else b'{"error": "not found"}'
-                self.send_response(200 if user else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/users/{{tenant_id}}/{{user_id}}"
+from tests.support.user_service import UserServicePeer
 
 
 @pytest.fixture
-def service() -> Iterator[FakeUserService]:
-    fake = FakeUserService()
-    fake.thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+def service() -> Iterator[UserServicePeer]:
+    peer = UserServicePeer().start()
+    yield peer
+    peer.stop()
 
 
 class Clock:
@@ -68,7 +27,7 @@ class Clock:
         return self.now
 
 
-def client(service: FakeUserService, clock: Clock, **overrides: Any) -> UserServiceClient:
+def client(service: UserServicePeer, clock: Clock, **overrides: Any) -> UserServiceClient:
     options: dict[str, Any] = {
         "timeout": 0.2,
         "cache_ttl": 60.0,
@@ -81,7 +40,7 @@ def client(service: FakeUserService, clock: Clock, **overrides: Any) -> UserServ
     return UserServiceClient(service.url, **options)
 
 
-async def test_found_profile_is_cached_until_its_ttl(service: FakeUserService) -> None:
+async def test_found_profile_is_cached_until_its_ttl(service: UserServicePeer) -> None:
     service.users["/users/acme/ada"] = {"email": "ada@svc.test", "locale": "de", "extra": 1}
     clock = Clock()
     users = client(service, clock)
@@ -98,7 +57,7 @@ async def test_found_profile_is_cached_until_its_ttl(service: FakeUserService) -
         await users.aclose()
 
 
-async def test_unknown_user_is_a_cached_miss_with_a_shorter_ttl(service: FakeUserService) -> None:
+async def test_unknown_user_is_a_cached_miss_with_a_shorter_ttl(service: UserServicePeer) -> None:
     clock = Clock()
     users = client(service, clock)
     try:
@@ -113,7 +72,7 @@ async def test_unknown_user_is_a_cached_miss_with_a_shorter_ttl(service: FakeUse
         await users.aclose()
 
 
-async def test_ids_are_escaped_in_the_url(service: FakeUserService) -> None:
+async def test_ids_are_escaped_in_the_url(service: UserServicePeer) -> None:
     users = client(service, Clock())
     try:
         await users.get("acme", "a/b c")
@@ -122,7 +81,7 @@ async def test_ids_are_escaped_in_the_url(service: FakeUserService) -> None:
         await users.aclose()
 
 
-async def test_timeout_returns_none_and_counts_as_a_failure(service: FakeUserService) -> None:
+async def test_timeout_returns_none_and_counts_as_a_failure(service: UserServicePeer) -> None:
     service.mode = "slow"
     users = client(service, Clock())
     try:
@@ -135,7 +94,7 @@ async def test_timeout_returns_none_and_counts_as_a_failure(service: FakeUserSer
 
 
 async def test_breaker_opens_after_n_failures_skips_calls_and_half_opens_after_reset(
-    service: FakeUserService,
+    service: UserServicePeer,
 ) -> None:
     service.mode = "error"
     service.users["/users/acme/ada"] = {"email": "ada@svc.test"}
@@ -168,7 +127,7 @@ async def test_breaker_opens_after_n_failures_skips_calls_and_half_opens_after_r
         await users.aclose()
 
 
-async def test_success_resets_the_consecutive_count(service: FakeUserService) -> None:
+async def test_success_resets_the_consecutive_count(service: UserServicePeer) -> None:
     service.users["/users/acme/ok"] = {"email": "ok@svc.test"}
     clock = Clock()
     users = client(service, clock, cache_ttl=0.0)
@@ -184,10 +143,9 @@ async def test_success_resets_the_consecutive_count(service: FakeUserService) ->
         await users.aclose()
 
 
-async def test_connection_refused_is_a_failure(service: FakeUserService) -> None:
+async def test_connection_refused_is_a_failure(service: UserServicePeer) -> None:
     url = service.url
-    service.server.shutdown()
-    service.server.server_close()
+    service.stop()
     users = UserServiceClient(url, timeout=0.5, cache_ttl=60, breaker_failures=1, breaker_reset=30)
     try:
         assert await users.get("acme", "ada") is None
