@@ -1,20 +1,25 @@
 """The provider interface: one async `send` that returns a typed DeliveryResult.
 
-A provider module declares a Connector subclass with its channel, name and limits as class
-attributes, a pydantic configuration model (secrets as SecretStr), and implements `send`.
-Callers use `deliver`, which adds what every provider needs: body trimming, a timeout, and
-turning exceptions into results, so a provider never crashes a stage.
+A provider module declares a Connector subclass with its channel, name, configuration model
+and limits as class attributes (secrets in the configuration as SecretStr), and implements
+`send`. Callers use `deliver`, which adds what every provider needs: body trimming, a
+timeout, and turning exceptions into results, so a provider never crashes a stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+import httpx
 from pydantic import BaseModel, ConfigDict
 
 from connectors.errors import DeliveryError
+
+log = logging.getLogger(__name__)
 
 Outcome = Literal["sent", "delivered", "failed"]
 
@@ -27,13 +32,33 @@ class OutboundMessage(BaseModel):
     notification_id: str
     tenant_id: str
     channel: str
+    # The channel address: email address, phone number (E.164), device token, chat id, URL…
     to: str
     subject: str | None = None
     text: str
     html: str | None = None
+    # The request's data (JSON). Providers read documented keys from it, such as
+    # `media_urls` or `whatsapp_template`; see docs/connectors/.
     data_json: str = "{}"
-    # Stable across attempts and replays; passed to providers that accept one.
+    # Stable across attempts, providers and replays; passed to providers that accept one.
     idempotency_key: str
+    recipient_id: str | None = None
+    priority: Literal["low", "normal", "high", "critical"] = "normal"
+    category: str | None = None
+    attempt: int = 0
+
+    @property
+    def data(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.data_json)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def media_urls(self) -> list[str]:
+        urls = self.data.get("media_urls") or []
+        return [url for url in urls if isinstance(url, str)] if isinstance(urls, list) else []
 
 
 class DeliveryResult(BaseModel):
@@ -45,6 +70,10 @@ class DeliveryResult(BaseModel):
     retriable: bool = False
     reason: str | None = None
     retry_after: float | None = None
+    # Failed because of this provider (outage, credentials): the next provider may succeed.
+    provider_fault: bool = False
+    # The address or device token is invalid: the deliver stage emits a `device.invalid` event.
+    address_invalid: bool = False
 
     @property
     def ok(self) -> bool:
@@ -63,11 +92,16 @@ ConfigT = TypeVar("ConfigT", bound=ProviderConfig)
 class Connector(ABC, Generic[ConfigT]):
     channel: ClassVar[str]
     name: ClassVar[str]
+    config_model: ClassVar[type[ProviderConfig]]
     max_body_len: ClassVar[int | None] = None
+    # The provider's documented default throughput, per credential; configurable per tenant.
     rate_per_sec: ClassVar[float | None] = None
+    # Whether the provider deduplicates on the idempotency key we pass it.
+    honours_idempotency_key: ClassVar[bool] = False
 
-    def __init__(self, config: ConfigT) -> None:
+    def __init__(self, config: ConfigT, *, http: httpx.AsyncClient | None = None) -> None:
         self.config = config
+        self._shared_http = http
 
     @abstractmethod
     async def send(self, message: OutboundMessage) -> DeliveryResult:
@@ -78,12 +112,34 @@ class Connector(ABC, Generic[ConfigT]):
         try:
             return await asyncio.wait_for(self.send(message), self.config.timeout_seconds)
         except DeliveryError as exc:
-            return self.failure(str(exc), retriable=exc.retriable, retry_after=exc.retry_after)
+            return self.failure(
+                str(exc),
+                retriable=exc.retriable,
+                retry_after=exc.retry_after,
+                provider_fault=exc.provider_fault,
+                address_invalid=exc.address_invalid,
+            )
         except TimeoutError:
-            return self.failure(f"timed out after {self.config.timeout_seconds}s", retriable=True)
+            return self.failure(
+                f"timed out after {self.config.timeout_seconds}s",
+                retriable=True,
+                provider_fault=True,
+            )
+        except Exception as exc:
+            # A bug in a connector must not stop the partition; the retry path bounds it.
+            log.exception("provider %s raised unexpectedly", self.name)
+            return self.failure(
+                f"connector error: {type(exc).__name__}", retriable=True, provider_fault=True
+            )
 
     def failure(
-        self, reason: str, *, retriable: bool, retry_after: float | None = None
+        self,
+        reason: str,
+        *,
+        retriable: bool,
+        retry_after: float | None = None,
+        provider_fault: bool = False,
+        address_invalid: bool = False,
     ) -> DeliveryResult:
         return DeliveryResult(
             outcome="failed",
@@ -91,6 +147,8 @@ class Connector(ABC, Generic[ConfigT]):
             retriable=retriable,
             reason=reason,
             retry_after=retry_after,
+            provider_fault=provider_fault,
+            address_invalid=address_invalid,
         )
 
     def _trimmed(self, message: OutboundMessage) -> OutboundMessage:

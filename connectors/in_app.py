@@ -22,10 +22,11 @@ class InAppConfig(ProviderConfig):
 class InAppConnector(Connector[InAppConfig]):
     channel = "in_app"
     name = "in_app"
+    config_model = InAppConfig
     max_body_len = 10_000
 
     def __init__(self, config: InAppConfig, publish: Publish) -> None:
-        super().__init__(config)
+        super().__init__(config, http=None)
         self._publish = publish
 
     async def send(self, message: OutboundMessage) -> DeliveryResult:

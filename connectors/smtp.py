@@ -9,7 +9,12 @@ import aiosmtplib
 from pydantic import SecretStr
 
 from connectors.base import Connector, DeliveryResult, OutboundMessage, ProviderConfig
-from connectors.errors import PermanentDeliveryError, RetryableDeliveryError
+from connectors.errors import (
+    InvalidAddressError,
+    PermanentDeliveryError,
+    ProviderRejectedError,
+    RetryableDeliveryError,
+)
 
 
 class SmtpConfig(ProviderConfig):
@@ -25,6 +30,7 @@ class SmtpConfig(ProviderConfig):
 class SmtpConnector(Connector[SmtpConfig]):
     channel = "email"
     name = "smtp"
+    config_model = SmtpConfig
 
     async def send(self, message: OutboundMessage) -> DeliveryResult:
         email = self._build(message)
@@ -41,7 +47,9 @@ class SmtpConnector(Connector[SmtpConfig]):
                 timeout=self.config.timeout_seconds,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise PermanentDeliveryError(f"recipient refused: {exc}") from exc
+            raise InvalidAddressError(f"recipient refused: {exc}") from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise ProviderRejectedError(f"SMTP authentication failed: {exc.code}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             # RFC 5321: 4yz is a transient negative reply, 5yz permanent.
             error = RetryableDeliveryError if 400 <= exc.code < 500 else PermanentDeliveryError

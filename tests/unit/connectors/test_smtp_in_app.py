@@ -66,6 +66,7 @@ def smtp_peer() -> Iterator[tuple[ScriptedSmtp, int]]:
                 provider="smtp",
                 retriable=True,
                 reason="SMTP 451: 4.3.0 try again later",
+                provider_fault=True,
             ),
         ),
         (

@@ -1,0 +1,104 @@
+"""What every HTTP provider shares: a client, error mapping, Retry-After.
+
+HTTP status to error, the same for every provider unless its module says otherwise:
+
+    2xx                  success
+    408, 425, 429, 5xx   RetryableDeliveryError (429/503 carry Retry-After when given)
+    401, 403             ProviderRejectedError: our credentials or account; another provider may work
+    other 4xx            PermanentDeliveryError: the request itself is wrong (address, content)
+    timeout, connection  RetryableDeliveryError
+
+Connectors take an injected `httpx.AsyncClient` (the deliver stage shares one; unit tests may
+pass one with `httpx.MockTransport`); without one they create and close their own.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from connectors.base import Connector, ProviderConfig
+from connectors.errors import (
+    PermanentDeliveryError,
+    ProviderRejectedError,
+    RetryableDeliveryError,
+)
+
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+EXCERPT_LEN = 300
+
+
+class HttpProviderConfig(ProviderConfig):
+    # The provider's API root. Each provider sets its real default; tests point it at a
+    # local peer that speaks the same wire format.
+    base_url: str
+
+
+HttpConfigT = TypeVar("HttpConfigT", bound=HttpProviderConfig)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def excerpt(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:EXCERPT_LEN] + ("…" if len(text) > EXCERPT_LEN else "")
+
+
+def raise_for_status(response: httpx.Response, *, what: str = "") -> None:
+    """Raise the DeliveryError the status code means (see the module docstring)."""
+    code = response.status_code
+    if 200 <= code < 300:
+        return
+    message = f"HTTP {code}{f' {what}' if what else ''}: {excerpt(response)}"
+    if code in RETRYABLE_STATUS or code >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise RetryableDeliveryError(message, retry_after=retry_after)
+    if code in (401, 403):
+        raise ProviderRejectedError(message)
+    raise PermanentDeliveryError(message)
+
+
+class HttpConnector(Connector[HttpConfigT]):
+    """A connector that talks HTTP through httpx."""
+
+    def __init__(self, config: HttpConfigT, *, http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(config, http=http)
+        self._http = http or httpx.AsyncClient()
+        self._owns_http = http is None
+
+    def url(self, path: str) -> str:
+        return f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send one request; transport failures become RetryableDeliveryError."""
+        try:
+            return await self._http.request(
+                method, url, timeout=self.config.timeout_seconds, **kwargs
+            )
+        except httpx.TimeoutException as exc:
+            raise RetryableDeliveryError(
+                f"timed out after {self.config.timeout_seconds}s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise RetryableDeliveryError(f"connection failed: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
