@@ -71,7 +71,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.requests_topic = TopicCatalog.load(settings).name("notifications.requests")
+    app.state.topics = TopicCatalog.load(settings)
     errors.install(app)
     app.include_router(router)
     return app

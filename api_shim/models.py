@@ -36,6 +36,7 @@ class Channel(StrEnum):
     chat = "chat"
     webhook = "webhook"
     in_app = "in_app"
+    alert = "alert"
 
 
 class Priority(StrEnum):
@@ -53,6 +54,13 @@ class Recipient(BaseModel):
     phone: str | None = Field(default=None, max_length=32)
     locale: str | None = Field(default=None, max_length=35, examples=["en-GB"])
     timezone: str | None = Field(default=None, max_length=64, examples=["Europe/London"])
+    addresses: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Channel -> address where the channel has no field above: push (device "
+        "token), chat (channel id), webhook (URL).",
+        examples=[{"push": "fcm-device-token"}],
+    )
 
 
 class Content(BaseModel):
@@ -109,6 +117,14 @@ class NotificationCreate(BaseModel):
     )
     batch_id: Id | None = None
     metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
+    providers: dict[Channel, Id] = Field(
+        default_factory=dict,
+        description="Per channel, the provider id to try first (then the tenant's order).",
+    )
+    fallback_channels: list[Channel] = Field(
+        default_factory=list,
+        description="Channels to try, in order, when a channel's delivery fails for good.",
+    )
 
     @field_validator("recipients")
     @classmethod

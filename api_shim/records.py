@@ -28,6 +28,8 @@ def request_record(
         "data_json": json.dumps(body.data, separators=(",", ":")),
         "priority": body.priority.value,
         "metadata": dict(body.metadata),
+        "provider_overrides": {channel.value: pid for channel, pid in body.providers.items()},
+        "fallback_channels": [channel.value for channel in body.fallback_channels],
     }
 
 

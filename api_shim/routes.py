@@ -20,6 +20,7 @@ from api_shim.records import notification_refs, request_record
 from connectors import read_model
 from schemas import RecordValidationError, RegistryUnavailableError
 from streams.ids import recipient_key
+from streams.lanes import request_topic
 from streams.tracing import child_headers
 
 router = APIRouter()
@@ -61,7 +62,7 @@ async def send_notification(
         raise Unavailable("the schema registry is unavailable; retry later") from exc
     try:
         await state.producer.produce(
-            state.requests_topic,
+            state.topics.name(request_topic(record)),
             key=recipient_key(tenant, body.recipients[0].user_id).encode(),
             value=value,
             headers=child_headers({"traceparent": traceparent} if traceparent else None),
@@ -130,8 +131,9 @@ async def ready(request: Request) -> Health | JSONResponse:
 
 def _check_kafka(state: Any) -> None:
     topics = state.producer.list_topics(timeout=READY_TIMEOUT_SECONDS)
-    if state.requests_topic not in topics:
-        raise RuntimeError(f"topic {state.requests_topic} does not exist")
+    for logical in ("notifications.requests", "notifications.requests.bulk"):
+        if state.topics.name(logical) not in topics:
+            raise RuntimeError(f"topic {state.topics.name(logical)} does not exist")
 
 
 async def _check(fn: Any, arg: Any) -> str:

@@ -31,6 +31,7 @@ from schemas import SchemaCatalog, build_codec  # noqa: E402
 from streams.catalog import TopicCatalog  # noqa: E402
 from streams.ids import notification_id  # noqa: E402
 from streams.kafka_clients import producer_config  # noqa: E402
+from streams.lanes import request_topic  # noqa: E402
 from streams.lifecycle import FINAL_STATUSES  # noqa: E402
 from streams.provision import provision  # noqa: E402
 from streams.settings import get_settings  # noqa: E402
@@ -108,12 +109,12 @@ def send_samples() -> list[str]:
         "data_json": json.dumps({"order": "A-1001"}),
     }
     producer = Producer(producer_config(settings))
-    requests_topic = TopicCatalog.load(settings).name("notifications.requests")
+    topic_names = TopicCatalog.load(settings)
 
     def produce_request(request: dict[str, Any], user: str) -> None:
         """Keyed tenant:user like every producer of the topic; tracks the email's id."""
         producer.produce(
-            requests_topic,
+            topic_names.name(request_topic(request)),
             key=f"{request['tenant_id']}:{user}",
             value=codec.encode("NotificationRequest", request),
         )

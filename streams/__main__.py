@@ -32,6 +32,7 @@ def main() -> None:
         enrich,
         render,
         request,
+        retry,
         route,
         scheduler,
         status,

@@ -30,6 +30,7 @@ from streams.events import (
     outgoing_headers,
 )
 from streams.ids import recipient_key
+from streams.lanes import request_topic
 from streams.request import fan_out
 
 STAGE = "batches"
@@ -217,11 +218,10 @@ async def handle_append(command: dict[str, Any], headers: dict[str, bytes]) -> N
         return
     requests = forwarded_requests(batch_id, command)
     count = notification_count(requests)
-    sink = topics.sink("notifications.requests")
     for request in requests:
         recipients = request["recipients"]
         key = recipient_key(request["tenant_id"], recipients[0]["user_id"] if recipients else "")
-        await sink.send(key=key, value=request, headers=headers)
+        await topics.sink(request_topic(request)).send(key=key, value=request, headers=headers)
     # Forwarded first, recorded after: a crash in between replays the command, which
     # forwards the same request ids again (harmless downstream) and counts it once.
     # No await between reading the batch and writing it back.

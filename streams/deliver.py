@@ -1,41 +1,52 @@
-"""Stage 5, deliver: hand each notification to its channel's provider, record the result.
+"""Stage 5, deliver: hand each notification to a provider, fail over, retry, record.
 
-notifications.deliver.email   -> SMTP (aiosmtplib)
-notifications.deliver.in_app  -> notifications.inbox (InAppMessage)
-Status: sent | delivered | failed (with the reason and whether it is retriable).
+notifications.deliver.<channel>[.bulk] -> provider -> notifications.status
+                                        -> notifications.retry.<tier>   (transient: later)
+                                        -> notifications.dead-letter    (attempts exhausted)
+                                        -> notifications.recipient-events (device.invalid)
 
-Effects are at-least-once; the `delivered` table (notification id -> provider message id)
-stops a redelivered or replayed message from being sent again. Transient failures are
-retried in place a few times; after that the message is dead-lettered for replay.
+Per notification: the `delivered` table stops a second send; the tenant's rate limit may
+park it on a retry topic; then its providers are tried in order (streams.providers) past
+open circuits and spent rate limits (streams.delivery_attempts). A transient failure of
+every provider parks it for another attempt with exponential backoff; a permanent one
+fails it at once; either may fall back to the next channel the request allows.
+Status: sent | delivered | deferred (retry due) | failed (why, retriable or not).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from typing import Any
 
-from faust.types import EventT, StreamT
+import httpx
+from faust.types import EventT
 
-from connectors.base import Connector, DeliveryResult, OutboundMessage
+from connectors.base import Connector, OutboundMessage
 from connectors.in_app import InAppConfig, InAppConnector
 from connectors.smtp import SmtpConfig, SmtpConnector
 from streams import config_views, metrics
-from streams.app import app, settings, table, topics
+from streams.app import app, catalog, codec, settings, table, topics
+from streams.breakers import BreakerPolicy, Breakers
+from streams.delivery_attempts import Attempts, try_providers
 from streams.events import (
-    Rejected,
     dead_letter,
     decode_or_dead_letter,
     emit_status,
-    guarded,
     now_ms,
     outgoing_headers,
 )
 from streams.expiry import Sweeper, is_live
+from streams.fallback import fall_back
+from streams.lane_agents import lane_agents
+from streams.lanes import delivery_topic, lane_of
+from streams.providers import ProviderPool
+from streams.rate_limits import RateLimits
+from streams.retry import backoff_seconds, park
+from streams.sealing import SecretBox
 
 STAGE = "deliver"
+CHANNELS = ("email", "sms", "whatsapp", "push", "chat", "webhook", "alert", "in_app")
 
-# notification_id -> {"provider", "provider_message_id", "outcome", "at", "partition"}
+# notification_id -> {"provider", "provider_id", "provider_message_id", "outcome", "at", …}
 delivered = table("delivered")
 _ttl_ms = settings.delivered_ttl_seconds * 1000
 _sweeper = Sweeper(delivered, _ttl_ms)
@@ -45,21 +56,43 @@ async def _publish_inbox(key: str, record: dict[str, Any]) -> None:
     await topics.sink("notifications.inbox").send(key=key, value=record)
 
 
-PROVIDERS: dict[str, Connector[Any]] = {
-    "email": SmtpConnector(
-        SmtpConfig(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            start_tls=settings.smtp_start_tls,
-            use_tls=settings.smtp_use_tls,
-            sender=settings.smtp_from,
-            timeout_seconds=settings.smtp_timeout_seconds,
-        )
+def _env_providers() -> dict[str, Connector[Any]]:
+    smtp = SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        start_tls=settings.smtp_start_tls,
+        use_tls=settings.smtp_use_tls,
+        sender=settings.smtp_from,
+        timeout_seconds=settings.smtp_timeout_seconds,
+    )
+    return {
+        "env:smtp": SmtpConnector(smtp),
+        "env:in_app": InAppConnector(InAppConfig(), _publish_inbox),
+    }
+
+
+pool = ProviderPool(
+    box=SecretBox.from_settings(
+        settings.provider_secrets_key.get_secret_value() if settings.provider_secrets_key else None,
+        settings.provider_secrets_key_id,
+        {k: v.get_secret_value() for k, v in settings.provider_secrets_old_keys.items()},
     ),
-    "in_app": InAppConnector(InAppConfig(), _publish_inbox),
-}
+    http=httpx.AsyncClient(limits=httpx.Limits(max_connections=200)),
+    env=_env_providers(),
+)
+config_views.providers.add_listener(pool.on_config)
+breakers = Breakers(
+    BreakerPolicy(
+        window_seconds=settings.breaker_window_seconds,
+        min_calls=settings.breaker_min_calls,
+        failure_rate=settings.breaker_failure_rate,
+        slow_call_seconds=settings.breaker_slow_call_seconds,
+        open_seconds=settings.breaker_open_seconds,
+    )
+)
+limits = RateLimits()
 
 
 def outbound(notification: dict[str, Any]) -> OutboundMessage:
@@ -68,29 +101,30 @@ def outbound(notification: dict[str, Any]) -> OutboundMessage:
         notification_id=notification["notification_id"],
         tenant_id=notification["tenant_id"],
         channel=notification["channel"],
-        to=notification["address"],
+        to=notification["address"] or "",
         subject=rendered.get("subject"),
         text=rendered.get("text") or "",
         html=rendered.get("html"),
         data_json=notification["data_json"],
         idempotency_key=notification["notification_id"],
+        recipient_id=(notification.get("recipient") or {}).get("user_id"),
+        priority=notification.get("priority") or "normal",
+        category=notification.get("category"),
+        attempt=notification.get("attempt", 0),
     )
 
 
-async def send_with_retries(provider: Connector[Any], message: OutboundMessage) -> DeliveryResult:
-    """Retry transient failures with exponential backoff and jitter, a bounded number of times.
+def partition_share(topic: str) -> float:
+    """The share of `topic`'s partitions this worker owns: its part of a shared rate limit."""
+    owned = sum(1 for tp in app.consumer.assignment() if tp.topic == topic)
+    partitions = catalog[delivery_topic("email", "transactional")].partitions
+    return max(owned, 1) / partitions
 
-    Retry topics (so a slow provider does not hold the partition) come with failover.
-    """
-    result = await provider.deliver(message)
-    for attempt in range(1, settings.deliver_max_attempts):
-        if result.ok or not result.retriable:
-            break
-        backoff = settings.deliver_backoff_seconds * 2 ** (attempt - 1)
-        delay = result.retry_after or backoff * (0.5 + random.random())
-        await asyncio.sleep(min(delay, 30.0))
-        result = await provider.deliver(message)
-    return result
+
+def tenant_rate(tenant_id: str) -> float | None:
+    tenant = config_views.tenants.get(tenant_id) or {}
+    configured = (tenant.get("settings") or {}).get("rate_limit_per_second")
+    return float(configured) if configured else settings.tenant_rate_limit_per_second
 
 
 async def handle(event: EventT) -> None:
@@ -98,10 +132,10 @@ async def handle(event: EventT) -> None:
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
-    nid = notification["notification_id"]
+    nid, tenant_id = notification["notification_id"], notification["tenant_id"]
     previous = delivered.get(nid)
     if is_live(previous, now_ms(), _ttl_ms):
-        # Already handed to the provider: repeat the status (idempotent), never the send.
+        # Already handed to a provider: repeat the status (idempotent), never the send.
         await emit_status(
             notification,
             previous["outcome"],
@@ -113,60 +147,162 @@ async def handle(event: EventT) -> None:
         metrics.processed(STAGE, "already_delivered", notification["occurred_at"])
         return
     if config_views.batch_cancelled(notification.get("batch_id")):
-        await emit_status(
-            notification,
-            "cancelled",
-            stage=STAGE,
-            headers=headers,
-            reason=f"batch {notification['batch_id']} was cancelled",
-        )
+        reason = f"batch {notification['batch_id']} was cancelled"
+        await emit_status(notification, "cancelled", stage=STAGE, headers=headers, reason=reason)
         metrics.processed(STAGE, "cancelled", notification["occurred_at"])
         return
-    provider = PROVIDERS.get(notification["channel"])
-    if provider is None:
-        raise Rejected(f"no provider for channel {notification['channel']}")
+    share = partition_share(event.message.topic)
+    wait = limits.take(f"tenant:{tenant_id}", tenant_rate(tenant_id), share=share)
+    if wait > 0:
+        await park(notification, wait, key=event.key, headers=headers)
+        metrics.processed(STAGE, "tenant_rate_limited", notification["occurred_at"])
+        return
 
-    result = await send_with_retries(provider, outbound(notification))
-    if result.ok:
-        delivered[nid] = {
-            "provider": result.provider,
-            "provider_message_id": result.provider_message_id,
-            "outcome": result.outcome,
-            "at": now_ms(),
-            "partition": event.message.partition,
-        }
-        _sweeper.maybe_sweep(event.message.partition, now_ms())
-    elif result.retriable:
-        # Out of attempts: park it for replay rather than lose it.
-        await dead_letter(
-            event,
-            stage=STAGE,
-            error=RuntimeError(result.reason),
-            tenant_id=notification["tenant_id"],
-            notification_id=nid,
-        )
+    lane = lane_of(notification)
+    attempts = await try_providers(
+        pool.ordered_ids(notification, settings.default_providers),
+        outbound(notification),
+        pool=pool,
+        breakers=breakers,
+        limits=limits,
+        share=share,
+        reserve_fraction=settings.bulk_reserve_fraction if lane == "bulk" else 0.0,
+    )
+    result = attempts.result
+    if result is not None and result.ok:
+        await _succeeded(event, notification, attempts, headers)
+    elif result is None and attempts.rate_wait is not None and not attempts.log:
+        # Every provider is out of tokens: wait for one, no attempt spent.
+        await park(notification, attempts.rate_wait, key=event.key, headers=headers)
+        metrics.processed(STAGE, "provider_rate_limited", notification["occurred_at"])
+    else:
+        await _failed(event, notification, attempts, headers)
+
+
+async def _succeeded(
+    event: EventT, notification: dict[str, Any], attempts: Attempts, headers: dict[str, bytes]
+) -> None:
+    result = attempts.result
+    assert result is not None
+    earlier = attempts.log[:-1]
+    delivered[notification["notification_id"]] = {
+        "provider": result.provider,
+        "provider_id": attempts.provider_id,
+        "provider_message_id": result.provider_message_id,
+        "outcome": result.outcome,
+        "at": now_ms(),
+        "partition": event.message.partition,
+    }
+    _sweeper.maybe_sweep(event.message.partition, now_ms())
     await emit_status(
         notification,
         result.outcome,
         stage=STAGE,
         headers=headers,
-        reason=result.reason,
-        retriable=result.retriable,
+        reason=f"after failover from {Attempts(log=earlier).summary()}" if earlier else None,
         provider=result.provider,
         provider_message_id=result.provider_message_id,
     )
     metrics.processed(STAGE, result.outcome, notification["occurred_at"])
 
 
-@app.agent(topics.source("notifications.deliver.email"), concurrency=1)
-async def deliver_email(stream: StreamT) -> None:
-    await config_views.ensure_ready()
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)
+async def _failed(
+    event: EventT, notification: dict[str, Any], attempts: Attempts, headers: dict[str, bytes]
+) -> None:
+    result, attempt = attempts.result, notification.get("attempt", 0)
+    log = [*notification.get("delivery_log", []), *attempts.log]
+    provider = result.provider if result else None
+    if result is not None and result.address_invalid:
+        await _address_invalid(notification, result.provider, result.reason, headers)
+    if not attempts.log and not attempts.transient:
+        reason = f"no provider is configured for the {notification['channel']} channel"
+    else:
+        reason = attempts.summary()
+    if attempts.transient and attempt + 1 < settings.deliver_max_attempts:
+        delay = backoff_seconds(
+            attempt + 1,
+            base=settings.deliver_backoff_seconds,
+            cap=settings.deliver_backoff_max_seconds,
+            retry_after=max(attempts.rate_wait or 0.0, (result and result.retry_after) or 0.0),
+        )
+        retry = {**notification, "attempt": attempt + 1, "delivery_log": log}
+        due = await park(retry, delay, key=event.key, headers=headers)
+        await emit_status(
+            notification,
+            "deferred",
+            stage=STAGE,
+            headers=headers,
+            reason=f"attempt {attempt + 1} of {settings.deliver_max_attempts} failed ({reason}); "
+            "retrying",
+            retriable=True,
+            provider=provider,
+            deferred_until=due,
+        )
+        metrics.processed(STAGE, "retry_scheduled", notification["occurred_at"])
+        return
+    if attempts.transient:
+        await _park_for_replay(event, notification, log, reason)
+    fallback_id = await fall_back(notification, reason, headers)
+    if fallback_id:
+        reason = f"{reason}; falling back to notification {fallback_id}"
+    await emit_status(
+        notification,
+        "failed",
+        stage=STAGE,
+        headers=headers,
+        reason=reason,
+        retriable=attempts.transient,
+        provider=provider,
+    )
+    metrics.processed(STAGE, "failed", notification["occurred_at"])
 
 
-@app.agent(topics.source("notifications.deliver.in_app"), concurrency=1)
-async def deliver_in_app(stream: StreamT) -> None:
-    await config_views.ensure_ready()
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)
+async def _park_for_replay(
+    event: EventT, notification: dict[str, Any], log: list[dict[str, Any]], reason: str
+) -> None:
+    """Out of attempts: dead-letter a fresh copy a replay sends straight back to delivery."""
+    fresh = {**notification, "attempt": 0, "not_before": None, "delivery_log": []}
+    target = delivery_topic(notification["channel"], lane_of(notification))
+    await dead_letter(
+        event,
+        stage=STAGE,
+        error=RuntimeError(
+            f"delivery failed after {settings.deliver_max_attempts} attempts: {reason}"
+        ),
+        tenant_id=notification["tenant_id"],
+        notification_id=notification["notification_id"],
+        error_history=[
+            f"attempt {a['attempt']} {a['provider_id']}: {a['reason'] or a['outcome']}" for a in log
+        ],
+        source_topic=catalog.name(target),
+        value=codec.encode("Notification", fresh),
+    )
+
+
+async def _address_invalid(
+    notification: dict[str, Any], provider: str, reason: str | None, headers: dict[str, bytes]
+) -> None:
+    """Tell the user's owners the address is dead (a push token, usually), once per notification."""
+    channel = notification["channel"]
+    event_type = "device.invalid" if channel == "push" else "address.invalid"
+    user_id = (notification.get("recipient") or {}).get("user_id")
+    record = {
+        "event_id": f"{notification['notification_id']}:{event_type}",
+        "event_type": event_type,
+        "tenant_id": notification["tenant_id"],
+        "user_id": user_id,
+        "channel": channel,
+        "address": notification.get("address") or "",
+        "provider": provider,
+        "reason": reason,
+        "notification_id": notification["notification_id"],
+        "occurred_at": now_ms(),
+    }
+    key = f"{notification['tenant_id']}:{user_id or ''}"
+    await topics.sink("notifications.recipient-events").send(key=key, value=record, headers=headers)
+
+
+for _channel in CHANNELS:
+    lane_agents(
+        f"notifications.deliver.{_channel}", f"{STAGE}-{_channel}", handle, needs_views=True
+    )

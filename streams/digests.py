@@ -94,6 +94,7 @@ def digest_notification(
         "content": None,
         "data_json": json.dumps(data, separators=(",", ":")),
         "priority": first.get("priority") or "normal",
+        "lane": first.get("lane") or "transactional",
         "metadata": {"digest_key": header["digest_key"], "digest_items": str(len(items))},
         "address": None,
         "locale": None,

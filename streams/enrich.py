@@ -26,11 +26,12 @@ from streams.events import (
     dead_letter,
     decode_or_dead_letter,
     emit_status,
-    guarded,
     now_ms,
     outgoing_headers,
 )
 from streams.ids import expected_partition
+from streams.lane_agents import lane_agents
+from streams.lanes import lane_of, lane_topic
 from streams.user_service import UserServiceClient
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ def suppression_reason(prefs: dict[str, Any] | None, channel: str) -> str | None
     return rules.suppression_reason(prefs, channel)
 
 
+# Channels whose provider configuration may name the target itself (a webhook URL, an
+# alerting service's routing key, a chat webhook): no per-user address is needed.
+TARGET_IN_PROVIDER_CONFIG = frozenset({"webhook", "alert", "chat"})
+
+
 def resolve_address(
     channel: str,
     recipient: dict[str, Any],
@@ -76,7 +82,13 @@ def resolve_address(
         return recipient["user_id"], "request"
     field = {"email": "email", "sms": "phone", "whatsapp": "phone"}.get(channel)
     if field is None:
-        # Push tokens, chat handles and webhook URLs arrive with their connectors.
+        # Push tokens, chat ids, webhook URLs: the `addresses` map, profile first.
+        for source, holder in ((profile_source, profile), ("request", recipient)):
+            address = ((holder or {}).get("addresses") or {}).get(channel)
+            if address:
+                return address, source
+        if channel in TARGET_IN_PROVIDER_CONFIG:
+            return "", "provider"
         return None, "none"
     if profile and profile.get(field):
         return profile[field], profile_source
@@ -250,14 +262,12 @@ async def handle(event: EventT) -> None:
         # No await between this read and write: only this agent writes the table.
         windows = frequency_windows.get(key)
         frequency_windows[key] = frequency.record(windows, caps, nid, channel, category, now)
-    await topics.sink("notifications.enriched").send(key=key, value=enriched, headers=headers)
+    target = lane_topic("notifications.enriched", lane_of(notification))
+    await topics.sink(target).send(key=key, value=enriched, headers=headers)
     metrics.processed(STAGE, "enriched", notification["occurred_at"])
 
 
-@app.agent(topics.source("notifications.accepted"), concurrency=1)
-async def enrich_notifications(stream: StreamT) -> None:
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)
+lane_agents("notifications.accepted", STAGE, handle)
 
 
 async def _materialise(event: EventT, target: Any, schema_name: str) -> None:

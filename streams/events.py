@@ -94,6 +94,10 @@ async def emit_status(
     )
 
 
+def _raw(value: Any) -> bytes | None:
+    return value if isinstance(value, bytes) else None
+
+
 async def dead_letter(
     event: EventT,
     *,
@@ -101,8 +105,15 @@ async def dead_letter(
     error: BaseException,
     tenant_id: str | None = None,
     notification_id: str | None = None,
+    error_history: list[str] | None = None,
+    source_topic: str | None = None,
+    value: bytes | None = None,
 ) -> None:
-    """Park a message with its error; the partition moves on."""
+    """Park a message with its error; the partition moves on.
+
+    `source_topic` and `value` replace the consumed message's own, for stages that park a
+    cleaned-up copy where a replay should send it (deliver: its delivery topic, attempts reset).
+    """
     message = event.message
     log.warning(
         "dead-lettering %s[%s]@%s in %s: %s",
@@ -116,16 +127,17 @@ async def dead_letter(
     raw_key = message.key
     record = {
         "stage": stage,
-        "source_topic": message.topic,
+        "source_topic": source_topic or message.topic,
         "source_partition": message.partition,
         "source_offset": message.offset,
         "key": raw_key if isinstance(raw_key, bytes) else None,
-        "value": message.value if isinstance(message.value, bytes) else None,
+        "value": value if value is not None else _raw(message.value),
         "error_type": type(error).__name__,
         "error": str(error)[:4000],
         "tenant_id": tenant_id,
         "notification_id": notification_id,
         "failed_at": now_ms(),
+        "error_history": error_history or [],
     }
     metrics.dead_lettered(stage, type(error).__name__)
     await topics.sink("notifications.dead-letter").send(

@@ -37,3 +37,22 @@ def status_emitted(stage: str, status: str) -> None:
 
 def dead_lettered(stage: str, error_type: str) -> None:
     DEAD_LETTERS.labels(stage, error_type).inc()
+
+
+PROVIDER_CALLS = Counter(
+    "notifications_provider_calls_total",
+    "Calls to providers, by provider id and outcome (sent, delivered, failed, skipped).",
+    ["provider", "outcome"],
+)
+PROVIDER_LATENCY = Histogram(
+    "notifications_provider_call_seconds",
+    "Provider call duration.",
+    ["provider"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def provider_call(provider_id: str, outcome: str, seconds: float | None = None) -> None:
+    PROVIDER_CALLS.labels(provider_id, outcome).inc()
+    if seconds is not None:
+        PROVIDER_LATENCY.labels(provider_id).observe(seconds)

@@ -13,16 +13,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faust.types import EventT, StreamT
+from faust.types import EventT
 
 from streams import config_views, metrics, templates
-from streams.app import app, topics
+from streams.app import topics
 from streams.events import (
     decode_or_dead_letter,
     emit_status,
-    guarded,
     outgoing_headers,
 )
+from streams.lane_agents import lane_agents
+from streams.lanes import lane_of, lane_topic
 
 STAGE = "render"
 
@@ -97,12 +98,9 @@ async def handle(event: EventT) -> None:
         metrics.processed(STAGE, "failed", notification["occurred_at"])
         return
     await emit_status(rendered, "rendered", stage=STAGE, headers=headers)
-    await topics.sink("notifications.rendered").send(key=event.key, value=rendered, headers=headers)
+    target = lane_topic("notifications.rendered", lane_of(notification))
+    await topics.sink(target).send(key=event.key, value=rendered, headers=headers)
     metrics.processed(STAGE, "rendered", notification["occurred_at"])
 
 
-@app.agent(topics.source("notifications.enriched"), concurrency=1)
-async def render_notifications(stream: StreamT) -> None:
-    await config_views.ensure_ready()
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)
+lane_agents("notifications.enriched", STAGE, handle, needs_views=True)

@@ -9,21 +9,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faust.types import EventT, StreamT
+from faust.types import EventT
 
 from streams import metrics
-from streams.app import app, settings, table, topics
+from streams.app import settings, table, topics
 from streams.events import (
     Rejected,
     dead_letter,
     decode_or_dead_letter,
     emit_status,
-    guarded,
     now_ms,
     outgoing_headers,
 )
 from streams.expiry import Sweeper, is_live
 from streams.ids import notification_id, recipient_key, request_id_from_position
+from streams.lane_agents import lane_agents
+from streams.lanes import Lane, lane_of_request, lane_topic
 
 STAGE = "request"
 MAX_FAN_OUT = 10_000
@@ -61,7 +62,9 @@ def validate(request: dict[str, Any]) -> None:
         raise Rejected(f"recipients x channels: more than {MAX_FAN_OUT} notifications")
 
 
-def fan_out(request: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
+def fan_out(
+    request: dict[str, Any], request_id: str, lane: Lane = "transactional"
+) -> list[dict[str, Any]]:
     """One in-flight Notification per distinct recipient x channel, with derived ids."""
     seen: set[tuple[str, str]] = set()
     notifications = []
@@ -87,6 +90,9 @@ def fan_out(request: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
                     "category": request.get("category"),
                     "template_version": request.get("template_version"),
                     "send_at": request.get("send_at"),
+                    "lane": lane,
+                    "provider_overrides": request.get("provider_overrides") or {},
+                    "fallback_channels": request.get("fallback_channels") or [],
                 }
             )
     return notifications
@@ -129,7 +135,8 @@ async def handle(event: EventT) -> None:
             await emit_status(notification, "failed", stage=STAGE, headers=headers, reason=str(exc))
         return
 
-    notifications = fan_out(request, request_id)
+    lane = lane_of_request(request, message.topic)
+    notifications = fan_out(request, request_id, lane)
     earlier = claim_idempotency_key(request, request_id, message.partition)
     _sweeper.maybe_sweep(message.partition, now_ms())
     if earlier is not None:
@@ -144,7 +151,7 @@ async def handle(event: EventT) -> None:
         metrics.processed(STAGE, "duplicate", request["occurred_at"])
         return
 
-    accepted = topics.sink("notifications.accepted")
+    accepted = topics.sink(lane_topic("notifications.accepted", lane))
     for notification in notifications:
         await emit_status(notification, "accepted", stage=STAGE, headers=headers)
         key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
@@ -152,7 +159,4 @@ async def handle(event: EventT) -> None:
     metrics.processed(STAGE, "accepted", request["occurred_at"])
 
 
-@app.agent(topics.source("notifications.requests"), concurrency=1)
-async def process_requests(stream: StreamT) -> None:
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)
+lane_agents("notifications.requests", STAGE, handle)

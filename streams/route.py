@@ -1,28 +1,25 @@
-"""Stage 4, route: publish each notification to its channel's delivery topic.
+"""Stage 4, route: publish each notification to its channel's delivery topic, in its lane.
 
-notifications.rendered -> notifications.deliver.<channel>
+notifications.rendered[.bulk] -> notifications.deliver.<channel>[.bulk]
 Status: queued | failed (no delivery topic for the channel: not retriable).
 """
 
 from __future__ import annotations
 
-from faust.types import EventT, StreamT
+from faust.types import EventT
 
 from streams import metrics
-from streams.app import app, catalog, topics
-from streams.events import (
-    decode_or_dead_letter,
-    emit_status,
-    guarded,
-    outgoing_headers,
-)
+from streams.app import catalog, topics
+from streams.events import decode_or_dead_letter, emit_status, outgoing_headers
+from streams.lane_agents import lane_agents
+from streams.lanes import Lane, delivery_topic, lane_of
 
 STAGE = "route"
 
 
-def delivery_topic(channel: str) -> str | None:
-    """The logical delivery topic for a channel, if topics.yaml declares one."""
-    name = f"notifications.deliver.{channel}"
+def target_topic(channel: str, lane: Lane) -> str | None:
+    """The logical delivery topic for a channel and lane, if topics.yaml declares one."""
+    name = delivery_topic(channel, lane)
     try:
         catalog[name]
     except KeyError:
@@ -35,7 +32,7 @@ async def handle(event: EventT) -> None:
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
-    target = delivery_topic(notification["channel"])
+    target = target_topic(notification["channel"], lane_of(notification))
     if target is None:
         await emit_status(
             notification,
@@ -51,7 +48,4 @@ async def handle(event: EventT) -> None:
     metrics.processed(STAGE, "queued", notification["occurred_at"])
 
 
-@app.agent(topics.source("notifications.rendered"), concurrency=1)
-async def route_notifications(stream: StreamT) -> None:
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)
+lane_agents("notifications.rendered", STAGE, handle)

@@ -40,6 +40,7 @@ from streams.events import (
     outgoing_headers,
 )
 from streams.ids import digest_id, expected_partition, recipient_key
+from streams.lanes import lane_of, lane_topic
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,12 @@ async def release(entries: list[dict[str, Any]], partition: int, now: int) -> No
     A crash in between releases again on replay: same notification id, so the same
     status event ids, and the deliver stage's `delivered` table sends nothing twice.
     """
-    accepted = topics.sink("notifications.accepted")
     for entry in entries:
         notification = entry["notification"]
         key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
         traceparent = entry.get("traceparent")
         headers = {"traceparent": traceparent.encode()} if traceparent else None
+        accepted = topics.sink(lane_topic("notifications.accepted", lane_of(notification)))
         await accepted.send(key=key, value=notification, headers=headers)
     await app.producer.flush()
     for entry in entries:
@@ -270,7 +271,8 @@ async def flush(wkey: str, header: dict[str, Any], now: int, headers: dict[str, 
         digest = digest_notification(header, items, now)
         key = recipient_key(digest["tenant_id"], digest["recipient"]["user_id"])
         await emit_status(digest, "accepted", stage=STAGE, headers=headers)
-        await topics.sink("notifications.accepted").send(key=key, value=digest, headers=headers)
+        accepted = topics.sink(lane_topic("notifications.accepted", lane_of(digest)))
+        await accepted.send(key=key, value=digest, headers=headers)
         reason = f"sent in digest notification {did}"
         for item in items:
             await emit_status(item, "digested", stage=STAGE, headers=headers, reason=reason)

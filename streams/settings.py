@@ -31,9 +31,37 @@ class Settings(BaseSettings):
     worker_session_timeout_seconds: float = 10.0
     idempotency_ttl_seconds: int = 24 * 3600
     delivered_ttl_seconds: int = 7 * 24 * 3600
-    # Inline retries of a transient provider failure before the message is dead-lettered.
-    deliver_max_attempts: int = 3
-    deliver_backoff_seconds: float = 0.5
+    # Delivery: attempts of a notification (each one tries every candidate provider) before
+    # it is dead-lettered; between attempts it waits on a retry topic, exponential backoff
+    # with jitter from deliver_backoff_seconds up to deliver_backoff_max_seconds.
+    deliver_max_attempts: int = 5
+    deliver_backoff_seconds: float = 2.0
+    deliver_backoff_max_seconds: float = 600.0
+    # channel -> provider id used when a tenant configures none (after the request override
+    # and the tenant's own providers). "env:smtp"/"env:in_app" are built from this
+    # environment; "*:<id>" names a platform-wide config on config.providers (tenant "*").
+    default_providers: dict[str, str] = Field(
+        default_factory=lambda: {"email": "env:smtp", "in_app": "env:in_app"}
+    )
+    # Circuit breakers per provider credential (see streams/breakers.py).
+    breaker_window_seconds: float = 60.0
+    breaker_min_calls: int = 5
+    breaker_failure_rate: float = 0.5
+    breaker_slow_call_seconds: float = 5.0
+    breaker_open_seconds: float = 30.0
+    # Per-tenant delivery rate (messages/s, all channels) unless the tenant's settings say
+    # `rate_limit_per_second`; unset: unlimited. Provider limits come from their configs.
+    tenant_rate_limit_per_second: float | None = None
+    # Share of each provider bucket the bulk lane leaves for transactional traffic.
+    bulk_reserve_fraction: float = 0.2
+    # Outgoing webhooks to private/loopback addresses (SSRF guard off): tests only.
+    webhook_allow_private_targets: bool = False
+
+    # AES-GCM key for provider secrets in config.providers (base64, 32 bytes), its id, and
+    # older keys still accepted for opening ({"id": "base64"}); see streams/sealing.py.
+    provider_secrets_key: SecretStr | None = None
+    provider_secrets_key_id: str = "k1"
+    provider_secrets_old_keys: dict[str, SecretStr] = Field(default_factory=dict)
 
     # Enrichment: an HTTP user service asked when a profile is not in the users.profiles table.
     # A URL template with {tenant_id} and {user_id}; unset: no user service.

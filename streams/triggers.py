@@ -19,6 +19,7 @@ from streams import metrics
 from streams.app import app, catalog, settings, topics
 from streams.events import Rejected, dead_letter, guarded, now_ms, outgoing_headers
 from streams.ids import recipient_key
+from streams.lanes import request_topic
 from streams.trigger_rules import (
     Rule,
     TriggerConfigError,
@@ -76,7 +77,7 @@ async def handle(event: EventT) -> None:
             await dead_letter(event, stage=STAGE, error=exc)
             continue
         key = recipient_key(request["tenant_id"], request["recipients"][0]["user_id"])
-        await topics.sink("notifications.requests").send(key=key, value=request, headers=headers)
+        await topics.sink(request_topic(request)).send(key=key, value=request, headers=headers)
         metrics.processed(STAGE, f"triggered:{rule.name}")
 
 

@@ -259,6 +259,7 @@ class Pipeline:
         "notifications.rendered",
         "notifications.deliver.email",
         "notifications.deliver.in_app",
+        "notifications.retry.short",
     )
 
     def progress_report(self) -> str:

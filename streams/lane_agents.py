@@ -1,0 +1,35 @@
+"""One agent per priority lane for a stage: same handler, separate topics and streams."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from faust.types import EventT, StreamT
+
+from streams import config_views
+from streams.app import app, topics
+from streams.events import guarded
+from streams.lanes import LANES, Lane, lane_topic
+
+Handler = Callable[[EventT], Awaitable[None]]
+
+
+def lane_agents(source: str, stage: str, handler: Handler, *, needs_views: bool = False) -> None:
+    """Register `handler` on `source` and on its bulk twin, each with its own agent.
+
+    Concurrency 1: the handlers write tables, and partition order is the contract.
+    """
+    for lane in LANES:
+        _register(source, stage, handler, lane, needs_views)
+
+
+def _register(source: str, stage: str, handler: Handler, lane: Lane, needs_views: bool) -> None:
+    async def run(stream: StreamT) -> None:
+        if needs_views:
+            await config_views.ensure_ready()
+        async for event in stream.events():
+            await guarded(stage, event, handler)
+
+    name = f"{stage}-{lane}"
+    run.__name__ = run.__qualname__ = name.replace("-", "_")
+    app.agent(topics.source(lane_topic(source, lane)), name=name, concurrency=1)(run)

@@ -1,0 +1,68 @@
+"""Token buckets per provider credential and per tenant, kept in the deliver stage.
+
+A message over a limit is not slept on (that would hold the partition, and every other
+tenant behind it): the deliver stage parks it on a retry topic until the bucket has a token
+again, and moves on. The bulk lane leaves a reserve in provider buckets, so a blast cannot
+use the tokens a password reset needs.
+
+Buckets are per worker. A limit is shared across workers by the share of the delivery
+partitions each one owns, so N workers together stay within the configured rate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # tokens per second
+    burst: float  # capacity
+    tokens: float = -1.0
+    updated: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens, self.updated = self.burst, time.monotonic()
+
+    def take(self, *, reserve: float = 0.0, now: float | None = None) -> float:
+        """Take one token and return 0.0, or return the seconds until one is available.
+
+        `reserve` tokens are left for others (the transactional lane) by this caller.
+        """
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens - reserve >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 + reserve - self.tokens) / self.rate
+
+
+class RateLimits:
+    """Buckets by name ("provider:<id>", "tenant:<id>"), rebuilt when the rate changes."""
+
+    def __init__(self, burst_seconds: float = 1.0) -> None:
+        self.burst_seconds = burst_seconds
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(
+        self,
+        name: str,
+        rate: float | None,
+        *,
+        share: float = 1.0,
+        reserve_fraction: float = 0.0,
+        now: float | None = None,
+    ) -> float:
+        """0.0 if allowed (a token was taken), else seconds to wait. No rate: unlimited."""
+        if rate is None or rate <= 0:
+            return 0.0
+        local_rate = rate * max(share, 0.01)
+        # At least 2, so a reserve still leaves whole tokens for the bulk lane.
+        burst = max(2.0, local_rate * self.burst_seconds)
+        bucket = self._buckets.get(name)
+        if bucket is None or bucket.rate != local_rate:
+            bucket = self._buckets[name] = TokenBucket(local_rate, burst)
+        return bucket.take(reserve=burst * reserve_fraction, now=now)
