@@ -10,6 +10,7 @@ from streams.catalog import TopicCatalog
 from streams.config.kafka import Writer, read_compacted
 from streams.config.kinds import ConfigError, Kind
 from streams.config.records import comparable, normalise
+from streams.sealing import SealingError, SecretBox
 from streams.settings import Settings
 
 
@@ -43,6 +44,19 @@ def current_state(
     return state
 
 
+def provider_box(settings: Settings) -> SecretBox | None:
+    key = settings.provider_secrets_key
+    old = {
+        kid: value.get_secret_value() for kid, value in settings.provider_secrets_old_keys.items()
+    }
+    try:
+        return SecretBox.from_settings(
+            key.get_secret_value() if key else None, settings.provider_secrets_key_id, old
+        )
+    except SealingError as exc:
+        raise ConfigError(f"PROVIDER_SECRETS_KEY: {exc}") from exc
+
+
 def apply(
     settings: Settings,
     catalog: TopicCatalog,
@@ -51,9 +65,10 @@ def apply(
 ) -> Outcome:
     """`batches`: per kind, (where-in-the-input, raw record). Everything is validated before
     anything is written, so a bad record in a file writes nothing."""
+    box = provider_box(settings)
     prepared: list[tuple[Kind, list[dict[str, Any]]]] = []
     for kind, records in batches:
-        prepared.append((kind, [normalise(codec, kind, r, where) for where, r in records]))
+        prepared.append((kind, [normalise(codec, kind, r, where, box) for where, r in records]))
     outcome = Outcome()
     writer = Writer(settings, catalog)
     try:
@@ -61,7 +76,7 @@ def apply(
             state = current_state(settings, catalog, codec, kind)
             for record in complete:
                 key = kind.key(record)
-                if comparable(state.get(key)) == comparable(record):
+                if comparable(state.get(key), box) == comparable(record, box):
                     outcome.unchanged[kind.name] = outcome.unchanged.get(kind.name, 0) + 1
                     continue
                 writer.send(kind.topic, key, codec.encode(kind.schema, record))
