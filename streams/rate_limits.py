@@ -32,7 +32,8 @@ class TokenBucket:
         `reserve` tokens are left for others (the transactional lane) by this caller.
         """
         now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
         self.updated = now
         if self.tokens - reserve >= 1.0:
             self.tokens -= 1.0
@@ -64,5 +65,6 @@ class RateLimits:
         burst = max(2.0, local_rate * self.burst_seconds)
         bucket = self._buckets.get(name)
         if bucket is None or bucket.rate != local_rate:
-            bucket = self._buckets[name] = TokenBucket(local_rate, burst)
+            started = time.monotonic() if now is None else now
+            bucket = self._buckets[name] = TokenBucket(local_rate, burst, burst, started)
         return bucket.take(reserve=burst * reserve_fraction, now=now)

@@ -1,0 +1,244 @@
+"""The deliver stage's rules as pure functions: provider order, breakers, token buckets,
+backoff, sealing of secrets, channel fallback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streams.breakers import BreakerPolicy, CircuitBreaker
+from streams.fallback import fallback_notification
+from streams.providers import candidate_ids
+from streams.rate_limits import RateLimits, TokenBucket
+from streams.retry import backoff_seconds, tier_for
+from streams.sealing import SealingError, SecretBox, new_key
+
+
+def config(
+    tenant: str, pid: str, channel: str = "email", priority: int = 0, enabled: bool = True
+) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant,
+        "provider_id": pid,
+        "channel": channel,
+        "priority": priority,
+        "enabled": enabled,
+    }
+
+
+CONFIGS = {
+    f"{c['tenant_id']}:{c['provider_id']}": c
+    for c in (
+        config("acme", "ses", priority=1),
+        config("acme", "sendgrid", priority=0),
+        config("acme", "old", priority=-1, enabled=False),
+        config("acme", "sms", channel="sms"),
+        config("globex", "mailgun"),
+        config("*", "platform-sendgrid", priority=5),
+    )
+}
+ENV = {"env:smtp": "email", "env:in_app": "in_app"}
+
+
+@pytest.mark.parametrize(
+    ("override", "defaults", "expected"),
+    [
+        (
+            None,
+            {"email": "env:smtp"},
+            ["acme:sendgrid", "acme:ses", "env:smtp", "*:platform-sendgrid"],
+        ),
+        (
+            "ses",
+            {"email": "env:smtp"},
+            ["acme:ses", "acme:sendgrid", "env:smtp", "*:platform-sendgrid"],
+        ),
+        ("platform-sendgrid", {}, ["*:platform-sendgrid", "acme:sendgrid", "acme:ses", "env:smtp"]),
+        ("smtp", {}, ["env:smtp", "acme:sendgrid", "acme:ses", "*:platform-sendgrid"]),
+        ("old", {}, ["acme:sendgrid", "acme:ses", "*:platform-sendgrid", "env:smtp"]),  # disabled
+        ("nonesuch", {}, ["acme:sendgrid", "acme:ses", "*:platform-sendgrid", "env:smtp"]),
+    ],
+    ids=[
+        "tenant-then-env-then-rest",
+        "override-first",
+        "global-override",
+        "env-override",
+        "disabled-override-skipped",
+        "unknown-override-ignored",
+    ],
+)
+def test_provider_order(
+    override: str | None, defaults: dict[str, str], expected: list[str]
+) -> None:
+    ids = candidate_ids(
+        tenant_id="acme",
+        channel="email",
+        override=override,
+        configs=CONFIGS,
+        defaults=defaults,
+        env_channels=ENV,
+    )
+    assert ids == expected
+
+
+def test_another_tenants_providers_are_never_candidates() -> None:
+    ids = candidate_ids(
+        tenant_id="globex",
+        channel="email",
+        override="acme:ses",
+        configs=CONFIGS,
+        defaults={},
+        env_channels=ENV,
+    )
+    # An explicit id is honoured only if it is usable; acme's config is not globex's.
+    assert "acme:sendgrid" not in ids and ids[1:] == [
+        "globex:mailgun",
+        "*:platform-sendgrid",
+        "env:smtp",
+    ]
+
+
+def test_breaker_opens_on_error_rate_then_half_opens_for_one_trial() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(min_calls=4, failure_rate=0.5, open_seconds=10))
+    for failed in (False, True, False, True):
+        assert breaker.allow(now=0)
+        breaker.record(failed=failed, duration=0.1, now=0)
+    assert breaker.state == "open" and not breaker.allow(now=5)
+    assert breaker.allow(now=10.5)  # half-open: one trial
+    assert not breaker.allow(now=10.6)
+    breaker.record(failed=False, duration=0.1, now=10.7)
+    assert breaker.state == "closed" and breaker.allow(now=10.8)
+
+
+def test_breaker_counts_slow_calls_and_ignores_the_messages_own_faults() -> None:
+    policy = BreakerPolicy(min_calls=3, failure_rate=0.6, slow_call_seconds=2)
+    healthy = CircuitBreaker(policy)
+    for _ in range(5):
+        healthy.record(failed=True, duration=0.1, counts=False, now=0)  # invalid addresses
+    assert healthy.state == "closed"
+    slow = CircuitBreaker(policy)
+    for _ in range(3):
+        slow.record(failed=False, duration=3.0, now=1)  # slow successes
+    assert slow.state == "open"
+
+
+def test_breaker_forgets_calls_outside_its_window() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(window_seconds=10, min_calls=3, failure_rate=0.5))
+    breaker.record(failed=True, duration=0, now=0)
+    breaker.record(failed=True, duration=0, now=1)
+    breaker.record(failed=False, duration=0, now=20)
+    breaker.record(failed=False, duration=0, now=21)
+    breaker.record(failed=True, duration=0, now=22)
+    assert breaker.state == "closed"
+
+
+def test_half_open_failure_opens_again() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(min_calls=1, failure_rate=0.5, open_seconds=1))
+    breaker.record(failed=True, duration=0, now=0)
+    assert breaker.allow(now=2)
+    breaker.record(failed=True, duration=0, now=2)
+    assert breaker.state == "open" and not breaker.allow(now=2.5)
+
+
+def test_token_bucket_gives_a_wait_instead_of_sleeping() -> None:
+    bucket = TokenBucket(rate=10, burst=2, tokens=2, updated=0)
+    assert bucket.take(now=0) == 0 and bucket.take(now=0) == 0
+    assert bucket.take(now=0) == pytest.approx(0.1)
+    assert bucket.take(now=0.1) == 0
+
+
+def test_bulk_reserve_leaves_tokens_for_transactional_traffic() -> None:
+    limits = RateLimits(burst_seconds=1.0)
+    taken = 0
+    while limits.take("provider:x", 10, reserve_fraction=0.2, now=0) == 0:
+        taken += 1
+    assert taken == 8  # 2 of 10 left in reserve
+    assert limits.take("provider:x", 10, now=0) == 0  # transactional still gets one
+
+
+def test_rate_is_shared_by_partition_share() -> None:
+    limits = RateLimits(burst_seconds=1.0)
+    granted = sum(1 for _ in range(100) if limits.take("tenant:t", 40, share=0.25, now=0) == 0)
+    assert granted == 10
+
+
+def test_no_rate_means_unlimited() -> None:
+    assert RateLimits().take("provider:x", None) == 0
+
+
+@pytest.mark.parametrize(
+    ("attempt", "low", "high"), [(1, 1.0, 2.0), (2, 2.0, 4.0), (4, 8.0, 16.0), (20, 30.0, 60.0)]
+)
+def test_backoff_is_exponential_with_jitter_and_capped(
+    attempt: int, low: float, high: float
+) -> None:
+    delays = {backoff_seconds(attempt, base=2.0, cap=60.0) for _ in range(50)}
+    assert all(low <= d <= high for d in delays) and len(delays) > 1
+
+
+def test_backoff_waits_at_least_retry_after() -> None:
+    assert backoff_seconds(1, base=0.1, cap=600, retry_after=42) == 42
+
+
+@pytest.mark.parametrize(
+    ("wait", "tier"),
+    [(0.5, "short"), (9.9, "short"), (10, "medium"), (119, "medium"), (600, "long")],
+)
+def test_retry_tiers(wait: float, tier: str) -> None:
+    assert tier_for(wait) == tier
+
+
+def test_sealed_secrets_open_only_for_their_tenant_and_provider() -> None:
+    box = SecretBox.from_settings(new_key(), "k1")
+    assert box is not None
+    blob = box.seal({"api_key": "SG.secret"}, tenant_id="acme", provider_id="sg")
+    assert b"SG.secret" not in blob
+    assert box.open(blob, tenant_id="acme", provider_id="sg") == {"api_key": "SG.secret"}
+    with pytest.raises(SealingError, match="do not open"):
+        box.open(blob, tenant_id="globex", provider_id="sg")
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(SealingError):
+        box.open(tampered, tenant_id="acme", provider_id="sg")
+
+
+def test_keys_rotate_old_blobs_still_open() -> None:
+    old_key, new = new_key(), new_key()
+    old_box = SecretBox.from_settings(old_key, "k1")
+    assert old_box is not None
+    blob = old_box.seal({"token": "t"}, tenant_id="acme", provider_id="p")
+    rotated = SecretBox.from_settings(new, "k2", {"k1": old_key})
+    assert rotated is not None
+    assert rotated.open(blob, tenant_id="acme", provider_id="p") == {"token": "t"}
+    assert rotated.seal({"token": "t"}, tenant_id="acme", provider_id="p")[2:4] == b"k2"
+    with pytest.raises(SealingError, match="not configured"):
+        SecretBox.from_settings(new, "k2").open(blob, tenant_id="acme", provider_id="p")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", ["short", "bm90IGJhc2U2NA", "AAAA"])
+def test_bad_keys_are_refused_clearly(bad: str) -> None:
+    with pytest.raises(SealingError, match="key must be"):
+        SecretBox.from_settings(bad, "k1")
+
+
+def test_fallback_is_a_fresh_notification_on_the_next_channel() -> None:
+    original = {
+        "notification_id": "n1",
+        "channel": "push",
+        "fallback_channels": ["push", "sms", "email"],
+        "batch_id": "b1",
+        "address": "token",
+        "rendered": {"text": "x"},
+        "attempt": 3,
+        "delivery_log": [{"provider_id": "x"}],
+        "metadata": {"k": "v"},
+        "profile_source": "profile",
+    }
+    fallback = fallback_notification(original)
+    assert fallback is not None
+    assert fallback["notification_id"] == "n1~sms" and fallback["channel"] == "sms"
+    assert fallback["fallback_channels"] == ["email"]
+    assert fallback["address"] is None and fallback["rendered"] is None and fallback["attempt"] == 0
+    assert fallback["batch_id"] is None and fallback["delivery_log"] == []
+    assert fallback["metadata"] == {"k": "v", "fallback_from": "n1"}
+    assert fallback_notification({**original, "fallback_channels": ["push"]}) is None
