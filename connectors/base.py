@@ -81,7 +81,8 @@ class DeliveryResult(BaseModel):
 
 
 class ProviderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a validation error must never echo a (secret) value.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     timeout_seconds: float = 10.0
 

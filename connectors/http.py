@@ -4,7 +4,7 @@ HTTP status to error, the same for every provider unless its module says otherwi
 
     2xx                  success
     408, 425, 429, 5xx   RetryableDeliveryError (429/503 carry Retry-After when given)
-    401, 403             ProviderRejectedError: our credentials or account; another provider may work
+    401, 403             ProviderRejectedError: our credentials or account; another may work
     other 4xx            PermanentDeliveryError: the request itself is wrong (address, content)
     timeout, connection  RetryableDeliveryError
 

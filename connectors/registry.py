@@ -9,16 +9,52 @@ from typing import Any
 
 import httpx
 
+from connectors.apprise_connector import AppriseConnector
 from connectors.base import Connector
+from connectors.discord import DiscordConnector
 from connectors.errors import UnknownProviderError
+from connectors.fcm import FcmConnector
+from connectors.google_chat import GoogleChatConnector
 from connectors.in_app import InAppConnector
+from connectors.mailgun import MailgunConnector
+from connectors.mattermost import MattermostConnector
+from connectors.meta_whatsapp import MetaWhatsAppConnector
+from connectors.opsgenie import OpsgenieConnector
+from connectors.pagerduty import PagerDutyConnector
+from connectors.sendgrid import SendGridConnector
+from connectors.ses import SesConnector
+from connectors.slack import SlackConnector
 from connectors.smtp import SmtpConnector
+from connectors.teams import TeamsConnector
+from connectors.telegram import TelegramConnector
+from connectors.twilio_sms import TwilioSmsConnector
+from connectors.twilio_whatsapp import TwilioWhatsAppConnector
+from connectors.vonage import VonageConnector
+from connectors.webhook import WebhookConnector
 
 PROVIDERS: dict[str, type[Connector[Any]]] = {
     cls.name: cls
     for cls in (
         SmtpConnector,
         InAppConnector,
+        WebhookConnector,
+        SendGridConnector,
+        MailgunConnector,
+        SesConnector,
+        TwilioSmsConnector,
+        VonageConnector,
+        TwilioWhatsAppConnector,
+        MetaWhatsAppConnector,
+        FcmConnector,
+        PagerDutyConnector,
+        OpsgenieConnector,
+        AppriseConnector,
+        SlackConnector,
+        TeamsConnector,
+        DiscordConnector,
+        TelegramConnector,
+        GoogleChatConnector,
+        MattermostConnector,
     )
 }
 

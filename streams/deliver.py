@@ -82,6 +82,7 @@ pool = ProviderPool(
     http=httpx.AsyncClient(limits=httpx.Limits(max_connections=200)),
     env=_env_providers(),
 )
+pool.allow_private_webhook_targets = settings.webhook_allow_private_targets
 config_views.providers.add_listener(pool.on_config)
 breakers = Breakers(
     BreakerPolicy(

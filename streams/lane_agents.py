@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from faust.types import EventT, StreamT
@@ -29,6 +30,11 @@ def _register(source: str, stage: str, handler: Handler, lane: Lane, needs_views
             await config_views.ensure_ready()
         async for event in stream.events():
             await guarded(stage, event, handler)
+            # Yield to the event loop after every event. With a backlog, Faust hands over
+            # buffered events and the producer accepts sends without ever suspending, so a
+            # busy bulk agent would otherwise run for as long as its backlog lasts and starve
+            # every other agent, the transactional lane first (measured: 41 s under 20k).
+            await asyncio.sleep(0)
 
     name = f"{stage}-{lane}"
     run.__name__ = run.__qualname__ = name.replace("-", "_")

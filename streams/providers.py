@@ -111,6 +111,7 @@ class ProviderPool:
     ) -> None:
         self._box = box
         self._http = http
+        self.allow_private_webhook_targets = False
         self.env = env  # "env:smtp" -> connector
         self.configs: dict[str, dict[str, Any]] = {}
         self._built: dict[str, tuple[dict[str, Any], Candidate]] = {}
@@ -154,6 +155,9 @@ class ProviderPool:
     def _build(self, provider_id: str, record: dict[str, Any]) -> Candidate:
         settings = {k: _setting_value(v) for k, v in record.get("settings", {}).items()}
         rate = settings.pop("rate_per_sec", None)
+        if record["provider"] == "webhook":
+            # The SSRF guard is the operator's to lift (tests), never a tenant's.
+            settings["allow_private_targets"] = self.allow_private_webhook_targets
         try:
             secrets = self._open(record)
             connector = registry.build(record["provider"], {**settings, **secrets}, http=self._http)

@@ -41,7 +41,8 @@ def provider_config(tenant: str, provider_id: str, url: str, priority: int = 0) 
         "provider": "webhook",
         "enabled": True,
         "priority": priority,
-        "settings": {"url": url, "allow_private_targets": "true", "timeout_seconds": "2"},
+        # allow_private_targets here is ignored: only the operator's setting lifts the guard.
+        "settings": {"url": url, "allow_private_targets": "false", "timeout_seconds": "2"},
         "secrets_sealed": BOX.seal({"secret": SECRET}, tenant_id=tenant, provider_id=provider_id),
         "updated_at": 1,
     }
@@ -82,6 +83,7 @@ def pipeline(
             "DELIVER_MAX_ATTEMPTS": "4",
             "DELIVER_BACKOFF_SECONDS": "0.2",
             "BREAKER_MIN_CALLS": "1000",  # breakers have their own tests; keep them out here
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # the peers listen on 127.0.0.1
         },
     )
     pipe.provision()
@@ -226,4 +228,3 @@ def test_secrets_never_reach_status_events(pipeline: Pipeline) -> None:
     pipeline.poll_statuses()
     everything = json.dumps(pipeline.statuses, default=str)
     assert SECRET not in everything
-
