@@ -47,10 +47,19 @@ class PrintingSmtpHandler:
         return "250 OK"
 
 
-def start(name: str, argv: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
+def start(
+    name: str, argv: list[str], log_dir: Path, env: dict[str, str | None] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child process; `env` adds variables to ours (None removes one)."""
     log = (log_dir / f"{name}.log").open("ab")
     print(f"starting {name}: logs in {log_dir / (name + '.log')}")
-    return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    environment = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=environment)
 
 
 def wait_for_shim(timeout: float = 60) -> None:
@@ -209,7 +218,20 @@ def main() -> None:
     print(f"SMTP capture listening on 127.0.0.1:{settings.smtp_port}")
     python = sys.executable
     children = [
-        start("worker", [python, "-m", "streams", "worker", "-l", "info"], log_dir),
+        # One worker per priority lane: a marketing blast never delays a password reset.
+        start(
+            "worker",
+            [python, "-m", "streams", "worker", "-l", "info"],
+            log_dir,
+            {"WORKER_LANE": "transactional"},
+        ),
+        start(
+            "worker-bulk",
+            [python, "-m", "streams", "worker", "-l", "info"],
+            log_dir,
+            # Its own ports would clash with the transactional worker's: none.
+            {"WORKER_LANE": "bulk", "METRICS_PORT": None, "WORKER_WEB_PORT": None},
+        ),
         start("sink", [python, "-m", "connectors.postgres_sink"], log_dir),
         start(
             "shim",

@@ -25,19 +25,13 @@ def main() -> None:
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
 
-    # Importing a stage module registers its agents.
-    from streams import (  # noqa: F401
-        batches,
-        deliver,
-        enrich,
-        render,
-        request,
-        retry,
-        route,
-        scheduler,
-        status,
-        triggers,
-    )
+    # Importing a stage module registers its agents. A bulk-lane worker runs only the
+    # per-lane stages (in their bulk lane); everything else runs once, with the
+    # transactional lane.
+    from streams import deliver, enrich, render, request, route  # noqa: F401
+
+    if settings.worker_lane != "bulk":
+        from streams import batches, retry, scheduler, status, triggers  # noqa: F401
     from streams.app import app
 
     # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever

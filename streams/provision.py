@@ -43,7 +43,12 @@ def existing_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, 
 
 def provision(settings: Settings, *, create: bool = True, timeout: float = 30.0) -> ProvisionReport:
     admin = AdminClient(admin_config(settings))
-    specs = {spec.physical_name: spec for spec in TopicCatalog.load(settings)}
+    # Every lane's worker group has its own table changelogs ({app_id} in topics.yaml).
+    specs = {
+        spec.physical_name: spec
+        for lane in ("transactional", "bulk")
+        for spec in TopicCatalog.load(settings.model_copy(update={"worker_lane": lane}))
+    }
     existing = existing_partitions(admin)
     report = ProvisionReport()
     absent = [name for name in specs if name not in existing]

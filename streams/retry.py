@@ -18,7 +18,7 @@ from typing import Any
 from faust.types import EventT, StreamT
 
 from streams import metrics
-from streams.app import app, topics
+from streams.app import app, settings, topics
 from streams.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
 from streams.lanes import delivery_topic, lane_of
 
@@ -69,11 +69,15 @@ def _register(tier: str) -> None:
     async def run(stream: StreamT) -> None:
         async for event in stream.events():
             await guarded(STAGE, event, release)
+            await asyncio.sleep(0)  # see streams/lane_agents.py
 
     name = f"retry-{tier}"
     run.__name__ = run.__qualname__ = name.replace("-", "_")
     app.agent(topics.source(f"notifications.retry.{tier}"), name=name, concurrency=1)(run)
 
 
-for _tier, _ in TIERS:
-    _register(_tier)
+# Retries are released once, by the transactional workers (the bulk lane's deliver stage
+# parks here too; the released notification goes back to its own lane's topic).
+if settings.worker_lane != "bulk":
+    for _tier, _ in TIERS:
+        _register(_tier)

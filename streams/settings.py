@@ -6,6 +6,7 @@ Every variable is documented in README.md and `.env.example`.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,12 @@ class Settings(BaseSettings):
     app_id: str = "notifications"
 
     # Faust worker
+    # Which priority lane(s) this worker serves (streams/lanes.py). "transactional" runs the
+    # transactional lane and everything that is not per-lane (batches, status, scheduler,
+    # triggers, retries); "bulk" runs only the bulk lane, as its own consumer group
+    # (<app id>-bulk) with its own tables, producer and event loop, so a marketing blast
+    # cannot delay a password reset. "all" runs both in one process (no isolation under load).
+    worker_lane: Literal["all", "transactional", "bulk"] = "all"
     # Faust's own web server (its /metrics-free status pages); off unless a port is given.
     worker_web_port: int | None = None
     metrics_port: int | None = None
@@ -104,8 +111,13 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}{name}"
 
     @property
+    def worker_app_id(self) -> str:
+        """The Faust app id of this worker: the bulk lane is its own group, with own tables."""
+        return f"{self.app_id}-bulk" if self.worker_lane == "bulk" else self.app_id
+
+    @property
     def full_app_id(self) -> str:
-        return f"{self.topic_prefix}{self.app_id}"
+        return f"{self.topic_prefix}{self.worker_app_id}"
 
 
 @lru_cache(maxsize=1)

@@ -83,7 +83,10 @@ class Pipeline:
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
         schema_registry_url: str | None = None,
+        split_lanes: bool = False,
     ) -> None:
+        """`split_lanes`: a transactional and a bulk-lane worker process, as `make run` and
+        production run them; otherwise one worker serves both lanes."""
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
         self.settings = Settings(
             kafka_bootstrap_servers=bootstrap, topic_prefix=self.prefix, database_url=database_url
@@ -124,6 +127,13 @@ class Pipeline:
             self.env,
             log_dir,
         )
+        self.bulk_worker: Process | None = None
+        if split_lanes:
+            self.worker.env = {**self.env, "WORKER_LANE": "transactional"}
+            bulk_env = {**self.env, "WORKER_LANE": "bulk"}
+            for name in ("WORKER_WEB_PORT", "METRICS_PORT"):
+                bulk_env.pop(name, None)
+            self.bulk_worker = Process("bulk-worker", self.worker.argv, bulk_env, log_dir)
         self.sink = Process(
             "sink", [sys.executable, "-m", "connectors.postgres_sink"], self.env, log_dir
         )
@@ -163,6 +173,8 @@ class Pipeline:
     def start(self, *, shim: bool = False) -> Pipeline:
         self.provision()
         self.worker.start()
+        if self.bulk_worker is not None:
+            self.bulk_worker.start()
         self.sink.start()
         if shim:
             self.shim.start()
@@ -170,8 +182,9 @@ class Pipeline:
         return self
 
     def stop(self) -> None:
-        for process in (self.shim, self.worker, self.sink):
-            process.stop()
+        for process in (self.shim, self.worker, self.bulk_worker, self.sink):
+            if process is not None:
+                process.stop()
         if self._status_consumer is not None:
             self._status_consumer.close()
 

@@ -1,0 +1,119 @@
+"""Priority lanes: a marketing backlog of 20,000 does not delay a transactional notification.
+
+In one run: the transactional latency (request time to `delivered`) is measured with an
+idle pipeline, then 20,000 marketing requests (priority low: the bulk lane) are published,
+and while they are being worked through, transactional notifications are measured again.
+The figures are printed side by side; the added delay must stay under a second.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.ids import notification_id
+from tests.support.pipeline import Pipeline, wait_until
+from tests.support.requests import request_record
+from tests.support.smtp import SmtpCapture
+
+pytestmark = pytest.mark.integration
+
+BACKLOG = 20_000
+SAMPLES = 5
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    kafka_bootstrap: str, fresh_database: str, smtp: SmtpCapture, log_dir: Path
+) -> Iterator[Pipeline]:
+    pipe = Pipeline(
+        bootstrap=kafka_bootstrap,
+        database_url=fresh_database,
+        smtp_port=smtp.port,
+        log_dir=log_dir,
+        split_lanes=True,  # as `make run` and production run the lanes
+    )
+    pipe.start()
+    try:
+        yield pipe
+    finally:
+        pipe.stop()
+
+
+def in_app(user: str, **fields: object) -> dict[str, object]:
+    return request_record(user, channels=["in_app"], **fields)
+
+
+def latency(pipeline: Pipeline, user: str) -> float:
+    """Seconds from the request's time to its `delivered` status."""
+    record = in_app(user, priority="high")
+    pipeline.produce_record("notifications.requests", f"acme:{user}", record)
+    pipeline.flush()
+    nid = notification_id(str(record["request_id"]), user, "in_app")
+    pipeline.wait_for_status([nid], {"delivered"}, timeout=60)
+    events = pipeline.statuses[nid]
+    done = next(s for s in events if s["status"] == "delivered")
+    seconds = (done["occurred_at"] - int(record["occurred_at"])) / 1000  # type: ignore[call-overload]
+    if seconds > 1:
+        start = int(record["occurred_at"])  # type: ignore[call-overload]
+        print(f"slow: {[(e['status'], e['occurred_at'] - start) for e in events]}")
+    return seconds
+
+
+def bulk_consumed(pipeline: Pipeline, logical_topic: str) -> int:
+    """Messages of a bulk topic the bulk worker group has committed (read from Kafka, so
+    the test does not have to read 100k status events to know where the backlog is)."""
+    group = Consumer(
+        {
+            "bootstrap.servers": pipeline.settings.kafka_bootstrap_servers,
+            "group.id": f"{pipeline.settings.full_app_id}-bulk",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        name = pipeline.topics.name(logical_topic)
+        partitions = range(pipeline.topics[logical_topic].partitions)
+        committed = group.committed([TopicPartition(name, p) for p in partitions], 10)
+        return sum(max(tp.offset, 0) for tp in committed)
+    finally:
+        group.close()
+
+
+def test_marketing_backlog_does_not_delay_transactional(pipeline: Pipeline) -> None:
+    assert pipeline.bulk_worker is not None
+    for i in range(2):  # warm up: first messages pay for connections and metadata
+        latency(pipeline, f"warm{i}")
+    idle = [latency(pipeline, f"idle{i}") for i in range(SAMPLES)]
+
+    # The backlog is published while the bulk worker is down, so all 20,000 are waiting
+    # when it comes back, and the transactional samples are taken while it works through them.
+    pipeline.bulk_worker.stop()
+    for i in range(BACKLOG):
+        user = f"m{i}"
+        record = in_app(user, priority="low", category="marketing")
+        pipeline.produce_record("notifications.requests.bulk", f"acme:{user}", record)
+        if i % 5000 == 0:
+            pipeline.producer.poll(0)
+    pipeline.flush()
+    pipeline.bulk_worker.start()
+    wait_until(
+        lambda: bulk_consumed(pipeline, "notifications.requests.bulk") > 0,
+        120,
+        "the bulk worker to start on the backlog",
+    )
+
+    loaded = [latency(pipeline, f"busy{i}") for i in range(SAMPLES)]
+    remaining = BACKLOG - bulk_consumed(pipeline, "notifications.deliver.in_app.bulk")
+
+    print(
+        f"\ntransactional latency, idle:      p50 {statistics.median(idle):.3f}s  "
+        f"max {max(idle):.3f}s\n"
+        f"transactional latency, 20k bulk:  p50 {statistics.median(loaded):.3f}s  "
+        f"max {max(loaded):.3f}s  (bulk not yet delivered when measured: {remaining})"
+    )
+    assert remaining > BACKLOG // 4, "the backlog drained before the measurement: no load"
+    assert max(loaded) - statistics.median(idle) < 1.0, (idle, loaded)
