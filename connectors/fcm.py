@@ -26,7 +26,13 @@ from connectors.errors import (
     ProviderRejectedError,
     RetryableDeliveryError,
 )
-from connectors.http import HttpConnector, HttpProviderConfig, parse_retry_after, raise_for_status
+from connectors.http import (
+    HttpConnector,
+    HttpProviderConfig,
+    json_object,
+    parse_retry_after,
+    raise_for_status,
+)
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -85,7 +91,7 @@ class FcmConnector(HttpConnector[FcmConfig]):
         if not response.is_success:
             _raise_fcm_error(response)
         # "projects/{project}/messages/{id}": FCM's handle for the accepted message.
-        name = _json(response).get("name")
+        name = json_object(response).get("name")
         return DeliveryResult(
             outcome="sent",
             provider=self.name,
@@ -111,7 +117,7 @@ class FcmConnector(HttpConnector[FcmConfig]):
         if not response.is_success:
             # 4xx: the service account itself is wrong (key, email, disabled); another provider
             # may work. 5xx and 429 are the token service's trouble and transient.
-            body = _json(response)
+            body = json_object(response)
             detail = f"{body.get('error', '')} {body.get('error_description', '')}".strip()
             reason = f"token endpoint HTTP {response.status_code}: {detail or 'no detail'}"
             if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
@@ -119,7 +125,7 @@ class FcmConnector(HttpConnector[FcmConfig]):
             raise RetryableDeliveryError(
                 reason, retry_after=parse_retry_after(response.headers.get("Retry-After"))
             )
-        body = _json(response)
+        body = json_object(response)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise ProviderRejectedError("token endpoint answered without an access_token")
@@ -179,16 +185,8 @@ def _string_data(message: OutboundMessage) -> dict[str, str]:
     return data
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _error(response: httpx.Response) -> dict[str, Any]:
-    error = _json(response).get("error")
+    error = json_object(response).get("error")
     return error if isinstance(error, dict) else {}
 
 

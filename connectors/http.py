@@ -61,6 +61,22 @@ def excerpt(response: httpx.Response) -> str:
     return text[:EXCERPT_LEN] + ("…" if len(text) > EXCERPT_LEN else "")
 
 
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response body as a JSON object, or {} when it is not one (an HTML error page…)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def transport_failure(exc: httpx.HTTPError, timeout_seconds: float) -> RetryableDeliveryError:
+    """A timeout or connection failure as the retriable error every connector raises."""
+    if isinstance(exc, httpx.TimeoutException):
+        return RetryableDeliveryError(f"timed out after {timeout_seconds}s ({type(exc).__name__})")
+    return RetryableDeliveryError(f"connection failed: {type(exc).__name__}")
+
+
 def raise_for_status(response: httpx.Response, *, what: str = "") -> None:
     """Raise the DeliveryError the status code means (see the module docstring)."""
     code = response.status_code
@@ -92,12 +108,8 @@ class HttpConnector(Connector[HttpConfigT]):
             return await self._http.request(
                 method, url, timeout=self.config.timeout_seconds, **kwargs
             )
-        except httpx.TimeoutException as exc:
-            raise RetryableDeliveryError(
-                f"timed out after {self.config.timeout_seconds}s ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise RetryableDeliveryError(f"connection failed: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_failure(exc, self.config.timeout_seconds) from exc
 
     async def close(self) -> None:
         if self._owns_http:

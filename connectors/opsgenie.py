@@ -11,12 +11,17 @@ import hashlib
 import json
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 
 from connectors.base import DeliveryResult, OutboundMessage
 from connectors.errors import ProviderRejectedError
-from connectors.http import HttpConnector, HttpProviderConfig, excerpt, raise_for_status
+from connectors.http import (
+    HttpConnector,
+    HttpProviderConfig,
+    excerpt,
+    json_object,
+    raise_for_status,
+)
 
 EU_BASE_URL = "https://api.eu.opsgenie.com"
 MESSAGE_MAX = 130
@@ -54,7 +59,7 @@ class OpsgenieConnector(HttpConnector[OpsgenieConfig]):
             # The key is valid but the account's plan does not allow this: ours to fix.
             raise ProviderRejectedError(f"HTTP 402 from Opsgenie: {excerpt(response)}")
         raise_for_status(response, what="from Opsgenie")
-        request_id = _json(response).get("requestId")
+        request_id = json_object(response).get("requestId")
         return DeliveryResult(
             outcome="sent",
             provider=self.name,
@@ -97,11 +102,3 @@ def _details(message: OutboundMessage) -> dict[str, str]:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

@@ -11,12 +11,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 
 from connectors.base import DeliveryResult, OutboundMessage
 from connectors.errors import ProviderRejectedError
-from connectors.http import HttpConnector, HttpProviderConfig, excerpt, raise_for_status
+from connectors.http import (
+    HttpConnector,
+    HttpProviderConfig,
+    excerpt,
+    json_object,
+    raise_for_status,
+)
 
 SUMMARY_MAX = 1024
 DEDUP_KEY_MAX = 255
@@ -47,7 +52,7 @@ class PagerDutyConnector(HttpConnector[PagerDutyConfig]):
             # it is our configuration, not the message, so another provider may succeed.
             raise ProviderRejectedError(f"HTTP 400 routing key rejected: {excerpt(response)}")
         raise_for_status(response, what="from PagerDuty")
-        answer = _json(response)
+        answer = json_object(response)
         dedup_key = answer.get("dedup_key")
         return DeliveryResult(
             outcome="sent",
@@ -101,11 +106,3 @@ def _clip(text: str, limit: int) -> str:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

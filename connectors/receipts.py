@@ -28,3 +28,13 @@ class Receipt(BaseModel):
     tenant_id: str | None = None
     reason: str | None = None
     occurred_at: int  # epoch ms
+
+
+def receipt_record(receipt: Receipt) -> dict[str, object]:
+    """The ProviderReceipt event (schemas/provider_receipt.avsc) for notifications.receipts,
+    keyed by notification id. A receipt that names no notification cannot be applied."""
+    if not receipt.notification_id:
+        raise ValueError(
+            f"{receipt.provider} receipt {receipt.provider_event_id} names no notification"
+        )
+    return receipt.model_dump()

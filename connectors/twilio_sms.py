@@ -43,6 +43,7 @@ from connectors.http import (
     HttpConnector,
     HttpProviderConfig,
     parse_retry_after,
+    transport_failure,
 )
 from connectors.receipts import Receipt, ReceiptStatus
 from connectors.twilio_http import TWILIO_API, TwilioHttpxClient
@@ -111,12 +112,8 @@ class TwilioSmsConnector(HttpConnector[TwilioConfig]):
             created = await client.messages.create_async(**self.params(message))
         except (TwilioRestException, TwilioServiceException) as exc:
             raise twilio_error(exc, transport.last_response) from exc
-        except httpx.TimeoutException as exc:
-            raise RetryableDeliveryError(
-                f"timed out after {self.config.timeout_seconds}s ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise RetryableDeliveryError(f"connection failed: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:  # timeouts included
+            raise transport_failure(exc, self.config.timeout_seconds) from exc
         return DeliveryResult(outcome="sent", provider=self.name, provider_message_id=created.sid)
 
     def params(self, message: OutboundMessage) -> dict[str, Any]:

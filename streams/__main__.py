@@ -31,7 +31,7 @@ def main() -> None:
     from streams import deliver, enrich, render, request, route  # noqa: F401
 
     if settings.worker_lane != "bulk":
-        from streams import batches, retry, scheduler, status, triggers  # noqa: F401
+        from streams import batches, receipts, retry, scheduler, status, triggers  # noqa: F401
     from streams.app import app
 
     # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever

@@ -54,6 +54,11 @@ async def handle_status(event: EventT) -> None:
             "tenant_id": status["tenant_id"],
             "batch_id": status["batch_id"],
             "updated_at": status["occurred_at"],
+            # What a receipt's status event needs (streams/receipts.py).
+            "request_id": status["request_id"],
+            "channel": status["channel"],
+            "recipient_id": status["recipient_id"],
+            "request_occurred_at": status["request_occurred_at"],
         }
     if status["batch_id"]:
         await topics.sink("notifications.status.by-batch").send(
