@@ -70,3 +70,12 @@ class TopicCatalog:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._by_name.values())
+
+
+def every_group_catalog(settings: Settings) -> list[TopicSpec]:
+    """The topics of every worker group: each lane's group has its own table changelogs."""
+    specs: dict[str, TopicSpec] = {}
+    for lane in ("transactional", "bulk"):
+        for spec in TopicCatalog.load(settings.model_copy(update={"worker_lane": lane})):
+            specs[spec.physical_name] = spec
+    return list(specs.values())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.catalog import TopicCatalog, TopicSpec
+from streams.catalog import TopicSpec, every_group_catalog
 from streams.kafka_clients import admin_config
 from streams.settings import Settings, get_settings
 
@@ -44,11 +44,7 @@ def existing_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, 
 def provision(settings: Settings, *, create: bool = True, timeout: float = 30.0) -> ProvisionReport:
     admin = AdminClient(admin_config(settings))
     # Every lane's worker group has its own table changelogs ({app_id} in topics.yaml).
-    specs = {
-        spec.physical_name: spec
-        for lane in ("transactional", "bulk")
-        for spec in TopicCatalog.load(settings.model_copy(update={"worker_lane": lane}))
-    }
+    specs = {spec.physical_name: spec for spec in every_group_catalog(settings)}
     existing = existing_partitions(admin)
     report = ProvisionReport()
     absent = [name for name in specs if name not in existing]

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from streams.catalog import TopicCatalog
+from streams.catalog import TopicCatalog, every_group_catalog
 from streams.provision import existing_partitions, provision
 from streams.settings import Settings
 from tests.support.pipeline import REPO
@@ -24,15 +24,17 @@ def fresh_settings(bootstrap: str) -> Settings:
 
 def test_provision_creates_every_topic_as_declared_then_is_idempotent(kafka_bootstrap: str) -> None:
     settings = fresh_settings(kafka_bootstrap)
-    catalog = TopicCatalog.load(settings)
+    catalog = every_group_catalog(settings)  # both lanes' worker groups
     first = provision(settings)
     assert sorted(first.created) == sorted(spec.physical_name for spec in catalog)
+    assert settings.topic("notifications-bulk-delivered-changelog") in first.created
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     partitions = existing_partitions(admin)
     for spec in catalog:
         assert partitions[spec.physical_name] == spec.partitions
-    configs = admin.describe_configs([ConfigResource("topic", catalog.name("users.profiles"))])
+    profiles = settings.topic("users.profiles")
+    configs = admin.describe_configs([ConfigResource("topic", profiles)])
     [entries] = [future.result() for future in configs.values()]
     assert entries["cleanup.policy"].value == "compact"
 
@@ -54,7 +56,7 @@ def test_drift_is_reported_and_nothing_is_deleted(kafka_bootstrap: str) -> None:
 def test_check_mode_lists_missing_topics(kafka_bootstrap: str) -> None:
     settings = fresh_settings(kafka_bootstrap)
     report = provision(settings, create=False)
-    assert len(report.missing) == len(list(TopicCatalog.load(settings)))
+    assert len(report.missing) == len(every_group_catalog(settings))
     assert report.created == []
 
 
