@@ -5,6 +5,7 @@ Refuses to start while any topic of topics.yaml is missing (run `python -m strea
 
 from __future__ import annotations
 
+import os
 import sys
 
 from streams.provision import provision
@@ -30,6 +31,10 @@ def main() -> None:
     # transactional lane.
     from streams import deliver, enrich, render, request, route  # noqa: F401
 
+    if settings.worker_lane == "bulk" and settings.bulk_worker_niceness:
+        # Measured: sharing two cores with a bulk worker busy on a 20k backlog, a
+        # transactional notification took up to 1.4 s; with the bulk worker niced, under 1 s.
+        os.nice(settings.bulk_worker_niceness)
     if settings.worker_lane != "bulk":
         from streams import batches, receipts, retry, scheduler, status, triggers  # noqa: F401
     from streams.app import app

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # (<app id>-bulk) with its own tables, producer and event loop, so a marketing blast
     # cannot delay a password reset. "all" runs both in one process (no isolation under load).
     worker_lane: Literal["all", "transactional", "bulk"] = "all"
+    # A bulk-lane worker lowers its CPU priority by this much (os.nice), so on a shared
+    # machine the transactional worker gets the CPU first. 0: leave it.
+    bulk_worker_niceness: int = 10
     # Faust's own web server (its /metrics-free status pages); off unless a port is given.
     worker_web_port: int | None = None
     metrics_port: int | None = None
