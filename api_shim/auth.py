@@ -1,22 +1,95 @@
-"""Per-tenant API keys: the X-API-Key header names the tenant of every request."""
+"""Who is calling, and what they may do.
+
+Three kinds of caller (docs/api.md):
+
+- **API keys** (`X-API-Key: nk_<key_id>_<secret>`), per tenant, with scopes `send`, `read`,
+  `admin`. Created through the admin API and kept on config.api-keys as the SHA-256 of the
+  secret only (the secret is random and long, so a plain hash cannot be brute-forced and is
+  cheap to check per request). Bootstrap keys from `SHIM_API_KEYS` have every scope.
+- **Users** (`Authorization: Bearer <JWT>`), from the tenant's OIDC provider: the signature is
+  checked against the JWKS, and issuer, audience and expiry are required. The user id is `sub`,
+  the tenant a claim (`SHIM_JWT_TENANT_CLAIM`); a role `admin` gives the admin scope, `viewer`
+  read-only access.
+- **The platform operator** (`Authorization: Bearer <SHIM_OPERATOR_TOKEN>`), only for
+  /api/v1/platform (creating tenants).
+
+Every caller is then rate limited per tenant and per key or user (429 with Retry-After).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from typing import Annotated
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
+import jwt
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from api_shim.errors import Unauthorized
+from api_shim.errors import Forbidden, TooManyRequests, Unauthorized
+from streams.rate_limits import RateLimits
 
-_api_key = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="A tenant's API key (SHIM_API_KEYS)."
+Scope = Literal["send", "read", "admin"]
+SCOPES: tuple[Scope, ...] = ("send", "read", "admin")
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "admin": frozenset({"send", "read", "admin"}),
+    "viewer": frozenset({"read"}),
+}
+KEY_PREFIX = "nk_"
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="A tenant's API key, `nk_<key_id>_<secret>` (see POST /api/v1/admin/api-keys).",
+)
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A user's OIDC access token (JWT), or the platform operator's token.",
 )
 
 
-def tenant_for_key(keys: dict[str, str], presented: str) -> str | None:
-    """The tenant of `presented`, comparing against every key in constant time."""
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. `subject` is the key id, or the user id for a user."""
+
+    tenant_id: str
+    kind: Literal["api_key", "user"]
+    subject: str
+    scopes: frozenset[str]
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def user_id(self) -> str | None:
+        return self.subject if self.kind == "user" else None
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """(key_id, the full key to show once, the SHA-256 of its secret to store)."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"{KEY_PREFIX}{key_id}_{secret}", secret_sha256(secret)
+
+
+def secret_sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_api_key(presented: str) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed key, else None."""
+    if not presented.startswith(KEY_PREFIX):
+        return None
+    key_id, sep, secret = presented[len(KEY_PREFIX) :].partition("_")
+    return (key_id, secret) if sep and key_id and secret else None
+
+
+def _bootstrap_tenant(keys: dict[str, str], presented: str) -> str | None:
+    """The tenant of a SHIM_API_KEYS key, comparing against every key in constant time."""
     tenant = None
     for key, key_tenant in keys.items():
         if hmac.compare_digest(key.encode(), presented.encode()):
@@ -24,13 +97,199 @@ def tenant_for_key(keys: dict[str, str], presented: str) -> str | None:
     return tenant
 
 
-def require_tenant(request: Request, api_key: Annotated[str | None, Depends(_api_key)]) -> str:
-    if not api_key:
-        raise Unauthorized("the X-API-Key header is required")
-    tenant = tenant_for_key(request.app.state.settings.shim_api_keys, api_key)
+def principal_for_key(request: Request, presented: str) -> Principal:
+    state = request.app.state
+    parts = split_api_key(presented)
+    if parts is not None:
+        key_id, secret = parts
+        record = state.api_keys.get(key_id)
+        if record is not None and hmac.compare_digest(
+            record["secret_sha256"], secret_sha256(secret)
+        ):
+            if record["revoked_at"] is not None:
+                raise Unauthorized("this API key has been revoked")
+            return Principal(
+                tenant_id=record["tenant_id"],
+                kind="api_key",
+                subject=key_id,
+                scopes=frozenset(record["scopes"]),
+            )
+    tenant = _bootstrap_tenant(state.settings.shim_api_keys, presented)
     if tenant is None:
         raise Unauthorized("unknown API key")
-    return tenant
+    return Principal(
+        tenant_id=tenant,
+        kind="api_key",
+        subject=f"bootstrap:{hashlib.sha256(presented.encode()).hexdigest()[:12]}",
+        scopes=frozenset(SCOPES),
+    )
 
 
-Tenant = Annotated[str, Depends(require_tenant)]
+# -- JWT ---------------------------------------------------------------------------------------
+
+
+class JwtVerifier:
+    """Checks bearer JWTs against the issuer's JWKS (fetched on first use, cached, refetched
+    when a token names a key id it does not know)."""
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        issuer: str | None,
+        audience: str | None,
+        algorithms: list[str],
+        tenant_claim: str,
+        roles_claim: str,
+        leeway: float,
+    ) -> None:
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        self._issuer = issuer
+        self._audience = audience
+        self._algorithms = algorithms
+        self._tenant_claim = tenant_claim
+        self._roles_claim = roles_claim
+        self._leeway = leeway
+
+    def principal(self, token: str) -> Principal:
+        """The user the token names; raises Unauthorized saying what is wrong (never why
+        exactly a signature failed: that is no business of the caller's)."""
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError as exc:
+            raise Unauthorized("the token issuer's keys (JWKS) are unreachable") from exc
+        except jwt.PyJWKClientError as exc:
+            raise Unauthorized("the bearer token is not signed by a key of the issuer") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized("the bearer token is not a valid JWT") from exc
+        required = (
+            ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
+        )
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": required},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the bearer token has expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthorized("the bearer token is for another audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthorized("the bearer token is from another issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"the bearer token has no {exc.claim!r} claim") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthorized("the bearer token's signature is invalid") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"the bearer token is invalid: {exc}") from exc
+        tenant = claims.get(self._tenant_claim)
+        if not isinstance(tenant, str) or not tenant:
+            raise Unauthorized(f"the bearer token has no {self._tenant_claim!r} claim")
+        raw_roles = claims.get(self._roles_claim) or []
+        roles = (
+            frozenset(r for r in raw_roles if isinstance(r, str))
+            if isinstance(raw_roles, list)
+            else frozenset()
+        )
+        scopes = frozenset().union(*(ROLE_SCOPES.get(role, frozenset()) for role in roles))
+        return Principal(
+            tenant_id=tenant, kind="user", subject=str(claims["sub"]), scopes=scopes, roles=roles
+        )
+
+
+def jwt_verifier(settings: Any) -> JwtVerifier | None:
+    if not settings.shim_jwt_jwks_url:
+        return None
+    return JwtVerifier(
+        settings.shim_jwt_jwks_url,
+        issuer=settings.shim_jwt_issuer,
+        audience=settings.shim_jwt_audience,
+        algorithms=list(settings.shim_jwt_algorithms),
+        tenant_claim=settings.shim_jwt_tenant_claim,
+        roles_claim=settings.shim_jwt_roles_claim,
+        leeway=settings.shim_jwt_leeway_seconds,
+    )
+
+
+# -- dependencies ------------------------------------------------------------------------------
+
+
+def _rate_limit(request: Request, principal: Principal) -> None:
+    settings = request.app.state.settings
+    limits: RateLimits = request.app.state.rate_limits
+    for name, rate, what in (
+        (f"tenant:{principal.tenant_id}", settings.shim_rate_limit_per_tenant, "tenant"),
+        (f"{principal.kind}:{principal.subject}", settings.shim_rate_limit_per_key, principal.kind),
+    ):
+        wait = limits.take(name, rate)
+        if wait > 0:
+            who = "API key" if what == "api_key" else what
+            raise TooManyRequests(f"too many requests for this {who}; retry later", wait)
+
+
+async def authenticate(
+    request: Request,
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if api_key:
+        principal = principal_for_key(request, api_key)
+    elif bearer is not None:
+        verifier: JwtVerifier | None = request.app.state.jwt
+        if verifier is None:
+            raise Unauthorized("bearer tokens are not accepted here (no JWKS is configured)")
+        principal = await run_in_threadpool(verifier.principal, bearer.credentials)
+    else:
+        raise Unauthorized("an X-API-Key header or an Authorization: Bearer token is required")
+    _rate_limit(request, principal)
+    return principal
+
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+
+def requires(scope: Scope) -> Any:
+    """A dependency: the caller, if it has `scope` (403 otherwise)."""
+
+    def check(principal: Caller) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(f"this endpoint needs the {scope!r} scope")
+        return principal
+
+    return Depends(check)
+
+
+def _user(principal: Caller) -> Principal:
+    if principal.kind != "user":
+        raise Forbidden("user endpoints need a user's bearer token, not an API key")
+    return principal
+
+
+Sender = Annotated[Principal, requires("send")]
+Reader = Annotated[Principal, requires("read")]
+Admin = Annotated[Principal, requires("admin")]
+User = Annotated[Principal, Depends(_user)]
+
+
+def operator(
+    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The platform operator's token (SHIM_OPERATOR_TOKEN), for /api/v1/platform only."""
+    expected = request.app.state.settings.shim_operator_token
+    if expected is None:
+        raise Forbidden("platform endpoints are disabled (SHIM_OPERATOR_TOKEN is not set)")
+    if bearer is None or not hmac.compare_digest(
+        bearer.credentials.encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized("the platform operator's bearer token is required")
+
+
+Operator = Annotated[None, Depends(operator)]
+
+# Kept for routes written before scopes: any caller of a tenant with the send scope.
+Tenant = Sender

@@ -1,8 +1,14 @@
 """The shim's errors and how each becomes a JSON answer.
 
     ApiError                      every error answered on purpose, as {"error", "message"}
-    ├── Unauthorized     401      missing or unknown X-API-Key
-    ├── NotFound         404      no such notification for this tenant
+    ├── BadRequest       400      a well-formed request the shim cannot act on (bad CSV, ...)
+    ├── Unauthorized     401      no credentials, or an unknown/revoked key or a bad token
+    ├── Forbidden        403      valid credentials without the scope or role needed
+    ├── NotFound         404      no such object for this tenant (another tenant's too)
+    ├── Conflict         409      the object exists, or the state does not allow it
+    ├── PayloadTooLarge  413      the body is over the size limit
+    ├── Unprocessable    422      semantically invalid (Idempotency-Key reused with another body)
+    ├── TooManyRequests  429      over the tenant's or key's rate limit; Retry-After says when
     └── Unavailable      503      Kafka did not acknowledge in time, or the read model is down;
                                   retrying with the same Idempotency-Key is safe
 
@@ -13,11 +19,13 @@ Request validation errors answer 422 with one entry per field, named by its dott
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_shim.models import ErrorBody, FieldError
 
@@ -33,14 +41,48 @@ class ApiError(Exception):
         self.message = message
 
 
+class BadRequest(ApiError):
+    status_code = 400
+    error = "bad_request"
+
+
 class Unauthorized(ApiError):
     status_code = 401
     error = "unauthorized"
 
 
+class Forbidden(ApiError):
+    status_code = 403
+    error = "forbidden"
+
+
 class NotFound(ApiError):
     status_code = 404
     error = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    error = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    error = "payload_too_large"
+
+
+class Unprocessable(ApiError):
+    status_code = 422
+    error = "unprocessable"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    error = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class Unavailable(ApiError):
@@ -76,9 +118,37 @@ def error_response(status_code: int, body: ErrorBody, **headers: str) -> JSONRes
 
 async def _on_api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "ApiKey"} if isinstance(exc, Unauthorized) else {}
+    field = getattr(exc, "field", None)
+    if field is not None:  # publish.InvalidRecord: a record its schema refuses
+        detail = [FieldError(field=field, message=getattr(exc, "problem", exc.message))]
+        return error_response(
+            exc.status_code, ErrorBody(error=exc.error, message=exc.message, detail=detail)
+        )
+    headers = (
+        {"WWW-Authenticate": 'ApiKey, Bearer realm="notifications"'}
+        if isinstance(exc, Unauthorized)
+        else {}
+    )
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
     body = ErrorBody(error=exc.error, message=exc.message)
     return error_response(exc.status_code, body, **headers)
+
+
+_HTTP_ERRORS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method, body over the limit) in our shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    error = _HTTP_ERRORS.get(exc.status_code, "error")
+    return error_response(exc.status_code, ErrorBody(error=error, message=str(exc.detail)))
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -97,16 +167,40 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the error codes a route can answer."""
     descriptions = {
-        401: "Missing or unknown X-API-Key.",
-        404: "No such notification for this tenant.",
-        422: "The request is invalid; `detail` names each field.",
+        400: "The request cannot be acted on; `message` says why.",
+        401: "No credentials, an unknown or revoked API key, or an invalid, expired or "
+        "wrongly-signed bearer token.",
+        403: "The credentials lack the scope or role this endpoint needs.",
+        404: "No such object for this tenant (another tenant's objects are not found either).",
+        409: "The object already exists, or its state does not allow this.",
+        413: "The body is over the size limit.",
+        415: "The body's Content-Type is not one this endpoint accepts.",
+        422: "The request is invalid; `detail` names each field. Also: an Idempotency-Key "
+        "reused with a different request.",
+        429: "Over the tenant's or the key's rate limit; retry after `Retry-After` seconds.",
         503: "Kafka did not acknowledge in time, or a dependency is unreachable. "
         "Retrying with the same Idempotency-Key is safe.",
     }
-    return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, 401, 429} if _AUTHENTICATED in codes else set(codes)):
+        if code == _AUTHENTICATED:
+            continue
+        entry: dict[str, Any] = {"model": ErrorBody, "description": descriptions[code]}
+        if code == 429:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+            }
+        out[code] = entry
+    return out
+
+
+# Pass to `responses()` for any authenticated endpoint: adds 401 and 429.
+_AUTHENTICATED = 0
+AUTHENTICATED = _AUTHENTICATED

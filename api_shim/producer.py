@@ -58,7 +58,7 @@ class AsyncProducer:
         topic: str,
         *,
         key: bytes,
-        value: bytes,
+        value: bytes | None,
         headers: dict[str, bytes],
     ) -> Message:
         loop = asyncio.get_running_loop()

@@ -10,15 +10,26 @@ from typing import Any
 from api_shim.models import NotificationCreate, NotificationRef
 from streams.ids import notification_id
 
+_REQUEST_IDS = uuid.UUID("0b7e7d8e-3c55-4d1e-9f7a-51a3a4c1e2f0")
+
+
+def request_id_for(tenant_id: str, idempotency_key: str | None) -> str:
+    """Random, or derived from the idempotency key: a retried request gets the same ids even
+    when it reaches another shim process first."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_REQUEST_IDS, f"{tenant_id}:{idempotency_key}"))
+
 
 def request_record(
     body: NotificationCreate, *, tenant_id: str, idempotency_key: str | None
 ) -> dict[str, Any]:
     """A NotificationRequest record (schemas/notification_request.avsc) as the codec takes it."""
+    idempotency_key = idempotency_key or body.idempotency_key
     return {
-        "request_id": str(uuid.uuid4()),
+        "request_id": request_id_for(tenant_id, idempotency_key),
         "tenant_id": tenant_id,
-        "idempotency_key": idempotency_key or body.idempotency_key,
+        "idempotency_key": idempotency_key,
         "batch_id": body.batch_id,
         "occurred_at": int(time.time() * 1000),
         "channels": [channel.value for channel in body.channels],

@@ -1,4 +1,4 @@
-"""The shim's endpoints: send, status by id, health and readiness."""
+"""The shim's core endpoints: send one, status by id, health and readiness."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from api_shim import errors
-from api_shim.auth import Tenant
-from api_shim.errors import NotFound, Unavailable
-from api_shim.models import Accepted, ErrorBody, FieldError, NotificationCreate, NotificationOut
-from api_shim.producer import ProduceError, ProduceTimeout
+from api_shim.auth import Principal, Reader, Sender
+from api_shim.errors import AUTHENTICATED, NotFound, Unavailable
+from api_shim.idempotency import IdempotencyKey, idempotent
+from api_shim.models import Accepted, NotificationCreate, NotificationOut
+from api_shim.publish import publish
 from api_shim.records import notification_refs, request_record
 from connectors import read_model
-from schemas import RecordValidationError, RegistryUnavailableError
 from streams.ids import recipient_key
 from streams.lanes import request_topic
-from streams.tracing import child_headers
 
 router = APIRouter()
 
@@ -32,49 +31,46 @@ READY_TIMEOUT_SECONDS = 2.0
     "/api/v1/notifications",
     status_code=202,
     response_model=Accepted,
-    responses=errors.responses(401, 422, 503),
+    responses=errors.responses(AUTHENTICATED, 403, 413, 422, 503),
     tags=["notifications"],
     summary="Send a notification",
-    description="Validates the request and writes it to `notifications.requests`. Answers 202 "
-    "only once Kafka has acknowledged the write (acks=all); the ids returned are those the "
-    "pipeline gives each recipient x channel.",
+    description="Validates the request and writes it to `notifications.requests` (or its bulk "
+    "lane). Answers 202 only once Kafka has acknowledged the write (acks=all); the ids "
+    "returned are those the pipeline gives each recipient x channel. With an "
+    "`Idempotency-Key`, a retry gets the same answer and ids, and the pipeline sends once.",
 )
 async def send_notification(
     body: NotificationCreate,
     request: Request,
-    tenant: Tenant,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=256)
-    ] = None,
+    caller: Sender,
+    idempotency_key: IdempotencyKey = None,
     traceparent: Annotated[str | None, Header(max_length=128)] = None,
-) -> Accepted | JSONResponse:
-    state = request.app.state
-    record = request_record(body, tenant_id=tenant, idempotency_key=idempotency_key)
-    try:
-        value = await run_in_threadpool(state.codec.encode, "NotificationRequest", record)
-    except RecordValidationError as exc:
-        # The path starts with the record name: "NotificationRequest.recipients.0.user_id".
-        field = exc.path.partition(".")[2] or "body"
-        detail = [FieldError(field=field, message=exc.problem)]
-        body_out = ErrorBody(error="validation_failed", message=str(exc), detail=detail)
-        return errors.error_response(422, body_out)
-    except RegistryUnavailableError as exc:
-        raise Unavailable("the schema registry is unavailable; retry later") from exc
-    try:
-        await state.producer.produce(
-            state.topics.name(request_topic(record)),
-            key=recipient_key(tenant, body.recipients[0].user_id).encode(),
-            value=value,
-            headers=child_headers({"traceparent": traceparent} if traceparent else None),
+) -> JSONResponse:
+    async def send() -> tuple[int, Accepted]:
+        return 202, await produce_request(
+            request.app.state, body, caller, idempotency_key, traceparent
         )
-    except ProduceTimeout as exc:
-        raise Unavailable(
-            f"Kafka did not acknowledge the request within {state.producer.ack_timeout:g}s; "
-            "it may still be "
-            "written. Retry with the same Idempotency-Key."
-        ) from exc
-    except ProduceError as exc:
-        raise Unavailable(f"Kafka did not accept the request: {exc}") from exc
+
+    return await idempotent(request, caller, idempotency_key, send)
+
+
+async def produce_request(
+    state: Any,
+    body: NotificationCreate,
+    caller: Principal,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> Accepted:
+    """One NotificationRequest onto its lane's request topic; the ids it will yield."""
+    record = request_record(body, tenant_id=caller.tenant_id, idempotency_key=idempotency_key)
+    await publish(
+        state,
+        request_topic(record),
+        "NotificationRequest",
+        record,
+        key=recipient_key(caller.tenant_id, body.recipients[0].user_id),
+        traceparent=traceparent,
+    )
     request_id = record["request_id"]
     return Accepted(request_id=request_id, notifications=notification_refs(request_id, body))
 
@@ -82,7 +78,7 @@ async def send_notification(
 @router.get(
     "/api/v1/notifications/{notification_id}",
     response_model=NotificationOut,
-    responses=errors.responses(401, 404, 503),
+    responses=errors.responses(AUTHENTICATED, 403, 404, 503),
     tags=["notifications"],
     summary="A notification's status and history",
     description="The latest state (the highest-ranked status seen) and every status event, "
@@ -90,10 +86,12 @@ async def send_notification(
     "notification is answered 404.",
 )
 def get_notification(
-    notification_id: Annotated[str, Path(max_length=256)], request: Request, tenant: Tenant
+    notification_id: Annotated[str, Path(max_length=256)], request: Request, caller: Reader
 ) -> dict[str, Any]:
     try:
-        found = read_model.get_notification(request.app.state.engine, tenant, notification_id)
+        found = read_model.get_notification(
+            request.app.state.engine, caller.tenant_id, notification_id
+        )
     except SQLAlchemyError as exc:
         raise Unavailable("the read model database is unavailable") from exc
     if found is None:
@@ -123,10 +121,16 @@ async def ready(request: Request) -> Health | JSONResponse:
     kafka, database = await asyncio.gather(
         _check(_check_kafka, state), _check(read_model.ping, state.engine)
     )
-    checks = {"kafka": kafka, "database": database}
-    if kafka == database == "ok":
+    checks = {"kafka": kafka, "database": database, "views": _views_state(state)}
+    if kafka == database == checks["views"] == "ok":
         return Health(status="ready", checks=checks)
     return JSONResponse(status_code=503, content={"status": "unavailable", "checks": checks})
+
+
+def _views_state(state: Any) -> str:
+    """ "ok" once every compacted-topic view has caught up and none has stopped."""
+    lagging = [v.topic for v in state.views.values() if v.error or not v.caught_up]
+    return "ok" if not lagging else f"not caught up: {', '.join(lagging)}"
 
 
 def _check_kafka(state: Any) -> None:

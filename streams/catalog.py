@@ -24,7 +24,7 @@ class TopicSpec(BaseModel):
     physical_name: str  # with TOPIC_PREFIX and {app_id} applied
     partitions: int
     replication_factor: int
-    cleanup_policy: Literal["delete", "compact"]
+    cleanup_policy: Literal["delete", "compact", "compact,delete"]
     retention_ms: int | None = None
     key: str
     value_schema: str | None

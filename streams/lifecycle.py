@@ -15,6 +15,10 @@ _IN_FLIGHT = {
     "sent": 50,
     "delivered": 60,
     "read": 70,
+    # A user's inbox actions. `unread` never becomes the headline state (it ranks below
+    # `delivered`); the inbox's read flag follows the latest read/unread event instead.
+    "unread": 55,
+    "deleted": 75,
 }
 _FINAL = {
     "duplicate": 90,
@@ -26,7 +30,7 @@ _FINAL = {
 }
 _RETRIABLE_FAILURE = 45  # a retriable failure is overtaken by a later successful attempt
 
-FINAL_STATUSES = frozenset({*_FINAL, "sent", "delivered", "read"})
+FINAL_STATUSES = frozenset({*_FINAL, "sent", "delivered", "read", "unread", "deleted"})
 
 
 def rank(status: str, retriable: bool = False) -> int:

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     bulk_reserve_fraction: float = 0.2
     # Outgoing webhooks to private/loopback addresses (SSRF guard off): tests only.
     webhook_allow_private_targets: bool = False
+    # Outgoing status webhooks (streams/status_webhooks.py, docs/api.md): attempts per
+    # delivery; the wait between them (exponential with jitter, at least Retry-After, at most
+    # the max); the HTTP timeout per attempt; deliveries one worker sends at once; how long
+    # a rotated-out signing secret still signs too; subscriptions per tenant (the shim).
+    webhook_max_attempts: int = 10
+    webhook_backoff_seconds: float = 10.0
+    webhook_backoff_max_seconds: float = 1800.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_delivery_concurrency: int = 8
+    webhook_secret_rotation_grace_seconds: int = 24 * 3600
+    webhook_max_subscriptions_per_tenant: int = 25
 
     # AES-GCM key for provider secrets in config.providers (base64, 32 bytes), its id, and
     # older keys still accepted for opening ({"id": "base64"}); see streams/sealing.py.
@@ -103,9 +114,43 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = 10.0
     smtp_from: str = "notifications@example.com"
 
-    # HTTP shim: API key -> tenant id. A JSON object in the environment.
+    # HTTP shim (docs/api.md). Bootstrap API keys: key -> tenant id, a JSON object in the
+    # environment; they have every scope. Keys created through the admin API live (hashed)
+    # on config.api-keys instead.
     shim_api_keys: dict[str, str] = Field(default_factory=lambda: {"demo-key": "demo"})
     shim_produce_timeout_seconds: float = 10.0
+    # The platform operator's token for /api/v1/platform (creating tenants); unset: disabled.
+    shim_operator_token: SecretStr | None = None
+    # OIDC/JWT bearer tokens for the user endpoints: the issuer's JWKS, issuer and audience.
+    shim_jwt_jwks_url: str | None = None
+    shim_jwt_issuer: str | None = None
+    shim_jwt_audience: str | None = None
+    shim_jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    shim_jwt_tenant_claim: str = "tenant_id"
+    shim_jwt_roles_claim: str = "roles"
+    shim_jwt_leeway_seconds: float = 30.0
+    # Requests per second (and burst) per tenant and per API key or user, per shim process.
+    shim_rate_limit_per_tenant: float = 200.0
+    shim_rate_limit_per_key: float = 100.0
+    shim_rate_limit_burst_seconds: float = 2.0
+    # Body size limits: JSON bodies, and the streamed CSV upload.
+    shim_max_body_bytes: int = 1_048_576
+    shim_max_csv_bytes: int = 1_073_741_824
+    shim_csv_chunk_rows: int = 500
+    shim_csv_max_row_errors: int = 1000
+    # Send many: notifications per call. Batches: requests per appended chunk (one
+    # BatchCommand, which must stay under Kafka's 1 MB message size).
+    shim_send_many_max: int = 100
+    shim_batch_chunk_max: int = 500
+    # SSE: a comment line this often keeps proxies from closing an idle stream.
+    shim_sse_keepalive_seconds: float = 15.0
+    # SSE streams open at once per shim process (each holds its own Kafka consumer); over: 503.
+    shim_sse_max_streams: int = 200
+    # The shim's public base URL (https://notify.example.com), for checking provider
+    # signatures over the URL they called (Twilio); unset: the URL of the request as received.
+    shim_public_url: str | None = None
+    # How long the shim waits at start-up for its views of config topics to catch up.
+    shim_view_catchup_seconds: float = 30.0
 
     log_level: str = "INFO"
 

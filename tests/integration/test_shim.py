@@ -194,12 +194,16 @@ def test_status_is_served_after_the_sink_wrote_it(
 def test_ready_when_broker_and_database_are_reachable(client: TestClient) -> None:
     response = client.get("/ready")
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"kafka": "ok", "database": "ok"}
+    assert response.json()["checks"] == {"kafka": "ok", "database": "ok", "views": "ok"}
 
 
 def test_unreachable_broker_answers_503_not_202(settings: Settings) -> None:
     unreachable = settings.model_copy(
-        update={"kafka_bootstrap_servers": "127.0.0.1:1", "shim_produce_timeout_seconds": 1.0}
+        update={
+            "kafka_bootstrap_servers": "127.0.0.1:1",
+            "shim_produce_timeout_seconds": 1.0,
+            "shim_view_catchup_seconds": 1.0,
+        }
     )
     body = {"recipients": [{"user_id": "u1"}], "channels": ["email"], "content": {"text": "x"}}
     with TestClient(create_app(unreachable)) as client:

@@ -61,6 +61,10 @@ def client(producer: FakeProducer) -> Iterator[TestClient]:
         shim_api_keys={"key-a": "tenant-a", "key-b": "tenant-b"},
         topic_prefix="unit.",
         database_url="sqlite://",
+        # No broker here: the shim's views of config topics stay empty (bootstrap keys only),
+        # and start-up does not wait for them.
+        kafka_bootstrap_servers="127.0.0.1:9",
+        shim_view_catchup_seconds=0.0,
     )
     engine = make_engine("sqlite://")
     app = create_app(settings, producer=producer, engine=engine)  # type: ignore[arg-type]
@@ -88,7 +92,10 @@ def _with(**changes: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("headers", "message"),
-    [({}, "the X-API-Key header is required"), ({"X-API-Key": "nope"}, "unknown API key")],
+    [
+        ({}, "an X-API-Key header or an Authorization: Bearer token is required"),
+        ({"X-API-Key": "nope"}, "unknown API key"),
+    ],
 )
 def test_missing_or_unknown_key_is_401(
     client: TestClient, headers: dict[str, str], message: str
@@ -171,7 +178,9 @@ def test_accepted_request_is_produced_keyed_by_first_recipient(
         for user in ("u1", "u2")
         for channel in ("email", "in_app")
     ]
-    [sent] = producer.sent
+    # The request, then the answer kept for the Idempotency-Key.
+    sent, remembered = producer.sent
+    assert remembered["topic"] == "unit.shim.idempotency"
     assert sent["topic"] == "unit.notifications.requests"
     assert sent["key"] == b"tenant-a:u1"
     assert sent["headers"]["traceparent"].startswith(b"00-")

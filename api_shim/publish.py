@@ -1,0 +1,81 @@
+"""Encode a record with the shared schemas and produce it; Kafka's acknowledgement or a 4xx/503.
+
+Every endpoint that writes goes through `publish`: the record is validated by the same Avro
+schema the workers read, so a bad record is refused here (422 naming the field) and never
+reaches a topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import State
+
+from api_shim.errors import ApiError, Unavailable
+from api_shim.producer import ProduceError, ProduceTimeout
+from schemas import RecordValidationError, RegistryUnavailableError
+from streams.tracing import child_headers
+
+
+class InvalidRecord(ApiError):
+    """The record does not fit its schema: 422 naming the field."""
+
+    status_code = 422
+    error = "validation_failed"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+async def encode(state: State, schema: str, record: dict[str, Any]) -> bytes:
+    try:
+        value: bytes = await run_in_threadpool(state.codec.encode, schema, record)
+    except RecordValidationError as exc:
+        # The path starts with the record name: "NotificationRequest.recipients.0.user_id".
+        raise InvalidRecord(exc.path.partition(".")[2] or "body", exc.problem) from exc
+    except RegistryUnavailableError as exc:
+        raise Unavailable("the schema registry is unavailable; retry later") from exc
+    return value
+
+
+async def produce(
+    state: State,
+    logical_topic: str,
+    *,
+    key: str,
+    value: bytes | None,
+    traceparent: str | None = None,
+) -> None:
+    """Produces to the topic's physical name; returns once Kafka has acknowledged (acks=all).
+    `value=None` writes a tombstone (deletes the key from a compacted topic)."""
+    try:
+        await state.producer.produce(
+            state.topics.name(logical_topic),
+            key=key.encode(),
+            value=value,
+            headers=child_headers({"traceparent": traceparent} if traceparent else None),
+        )
+    except ProduceTimeout as exc:
+        raise Unavailable(
+            f"Kafka did not acknowledge the write within {state.producer.ack_timeout:g}s; "
+            "it may still be written. Retry with the same Idempotency-Key."
+        ) from exc
+    except ProduceError as exc:
+        raise Unavailable(f"Kafka did not accept the write: {exc}") from exc
+
+
+async def publish(
+    state: State,
+    logical_topic: str,
+    schema: str,
+    record: dict[str, Any],
+    *,
+    key: str,
+    traceparent: str | None = None,
+) -> None:
+    """encode + produce."""
+    value = await encode(state, schema, record)
+    await produce(state, logical_topic, key=key, value=value, traceparent=traceparent)

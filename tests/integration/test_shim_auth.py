@@ -1,0 +1,380 @@
+"""The shim's front door against the real broker: credentials, scopes, JWTs, rate and size
+limits, Idempotency-Key, error shape and the OpenAPI document.
+
+API keys are written to config.api-keys the way the admin API writes them (an ApiKey record
+with the SHA-256 of the secret); the shim must pick them up from the topic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+from fastapi.testclient import TestClient
+from openapi_spec_validator import validate
+
+from api_shim.app import create_app
+from api_shim.auth import new_api_key
+from schemas import SchemaCatalog, build_codec
+from streams.catalog import TopicCatalog
+from streams.kafka_clients import producer_config
+from streams.provision import provision
+from streams.settings import Settings
+from tests.support.jwks import Issuer, new_key
+
+pytestmark = pytest.mark.integration
+
+CODEC = build_codec(None, SchemaCatalog.load())
+BOOTSTRAP_A = {"X-API-Key": "boot-a"}
+BODY = {"recipients": [{"user_id": "u1"}], "channels": ["email"], "content": {"text": "hi"}}
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    with Issuer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def settings(kafka_bootstrap: str, fresh_database: str, issuer: Issuer) -> Settings:
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t-{uuid.uuid4().hex[:12]}.",
+        database_url=fresh_database,
+        shim_api_keys={"boot-a": "tenant-a", "boot-b": "tenant-b"},
+        **issuer.settings(),
+    )
+    provision(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def write_api_key(
+    settings: Settings, tenant: str, scopes: list[str], *, revoked: bool = False
+) -> str:
+    """An ApiKey record on config.api-keys, as the admin API writes it; returns the key."""
+    key_id, key, digest = new_api_key()
+    record = {
+        "key_id": key_id,
+        "tenant_id": tenant,
+        "name": "test",
+        "scopes": scopes,
+        "secret_sha256": digest,
+        "created_at": int(time.time() * 1000),
+        "revoked_at": int(time.time() * 1000) if revoked else None,
+    }
+    publish_api_key(settings, key_id, record)
+    return key
+
+
+def publish_api_key(settings: Settings, key_id: str, record: dict[str, Any]) -> None:
+    producer = Producer(producer_config(settings))
+    topic = TopicCatalog.load(settings).name("config.api-keys")
+    producer.produce(topic, key=key_id.encode(), value=CODEC.encode("ApiKey", record))
+    assert producer.flush(10) == 0
+
+
+def eventually(client: TestClient, method: str, path: str, expect: int, **kwargs: Any) -> Any:
+    """The view follows the topic asynchronously: poll until the answer is `expect`."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = client.request(method, path, **kwargs)
+        if response.status_code == expect or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+def assert_error(response: Any, status: int, error: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["error"] == error, body
+    assert body["message"]
+    assert "Traceback" not in response.text
+    return body
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+
+def test_no_credentials_is_401_with_a_challenge(client: TestClient) -> None:
+    response = client.post("/api/v1/notifications", json=BODY)
+    assert_error(response, 401, "unauthorized")
+    assert "ApiKey" in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("key", ["nope", "nk_deadbeef_wrong", "nk_", "nk__x"])
+def test_unknown_or_malformed_key_is_401(client: TestClient, key: str) -> None:
+    assert_error(
+        client.post("/api/v1/notifications", json=BODY, headers={"X-API-Key": key}),
+        401,
+        "unauthorized",
+    )
+
+
+def test_a_key_from_the_topic_works_with_its_scopes_only(
+    client: TestClient, settings: Settings
+) -> None:
+    send_only = write_api_key(settings, "tenant-a", ["send"])
+    response = eventually(
+        client, "POST", "/api/v1/notifications", 202, json=BODY, headers={"X-API-Key": send_only}
+    )
+    assert response.status_code == 202, response.text
+    notification_id = response.json()["notifications"][0]["notification_id"]
+    # Reading needs the read scope.
+    body = assert_error(
+        client.get(f"/api/v1/notifications/{notification_id}", headers={"X-API-Key": send_only}),
+        403,
+        "forbidden",
+    )
+    assert "'read'" in body["message"]
+
+
+def test_the_right_secret_with_a_wrong_key_id_or_vice_versa_is_refused(
+    client: TestClient, settings: Settings
+) -> None:
+    key = write_api_key(settings, "tenant-a", ["send"])
+    eventually(client, "POST", "/api/v1/notifications", 202, json=BODY, headers={"X-API-Key": key})
+    key_id, secret = key.removeprefix("nk_").split("_", 1)
+    tampered = f"nk_{key_id}_{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
+    assert_error(
+        client.post("/api/v1/notifications", json=BODY, headers={"X-API-Key": tampered}),
+        401,
+        "unauthorized",
+    )
+
+
+def test_a_revoked_key_is_refused(client: TestClient, settings: Settings) -> None:
+    key_id, key, digest = new_api_key()
+    record = {
+        "key_id": key_id,
+        "tenant_id": "tenant-a",
+        "name": "soon revoked",
+        "scopes": ["send"],
+        "secret_sha256": digest,
+        "created_at": int(time.time() * 1000),
+        "revoked_at": None,
+    }
+    publish_api_key(settings, key_id, record)
+    headers = {"X-API-Key": key}
+    assert (
+        eventually(
+            client, "POST", "/api/v1/notifications", 202, json=BODY, headers=headers
+        ).status_code
+        == 202
+    )
+    publish_api_key(settings, key_id, {**record, "revoked_at": int(time.time() * 1000)})
+    body = assert_error(
+        eventually(client, "POST", "/api/v1/notifications", 401, json=BODY, headers=headers),
+        401,
+        "unauthorized",
+    )
+    assert "revoked" in body["message"]
+
+
+def test_another_tenants_notification_is_404(client: TestClient) -> None:
+    sent = client.post("/api/v1/notifications", json=BODY, headers=BOOTSTRAP_A)
+    assert sent.status_code == 202
+    notification_id = sent.json()["notifications"][0]["notification_id"]
+    other = client.get(f"/api/v1/notifications/{notification_id}", headers={"X-API-Key": "boot-b"})
+    assert_error(other, 404, "not_found")
+
+
+# -- JWT ---------------------------------------------------------------------------------------
+
+
+def test_a_viewer_token_reads_and_cannot_send(client: TestClient, issuer: Issuer) -> None:
+    viewer = issuer.bearer(issuer.token(roles=["viewer"], tenant_id="tenant-a"))
+    # Authorised to read: the answer is about the object (unknown here), not the caller.
+    assert_error(client.get("/api/v1/notifications/nope", headers=viewer), 404, "not_found")
+    assert_error(client.post("/api/v1/notifications", json=BODY, headers=viewer), 403, "forbidden")
+
+
+def test_a_token_without_a_role_may_not_read_tenant_data(
+    client: TestClient, issuer: Issuer
+) -> None:
+    user = issuer.bearer(issuer.token(roles=[]))
+    assert_error(client.get("/api/v1/notifications/nope", headers=user), 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    ("claims", "says"),
+    [
+        ({"ttl": -120}, "expired"),
+        ({"key": "forged"}, "signature"),
+        ({"aud": "someone-else"}, "audience"),
+        ({"iss": "https://evil.test/"}, "issuer"),
+        ({"tenant_id": None}, "tenant_id"),
+        ({"kid": "unknown-kid"}, "not signed by a key of the issuer"),
+    ],
+)
+def test_bad_tokens_are_401_and_say_why(
+    client: TestClient, issuer: Issuer, claims: dict[str, Any], says: str
+) -> None:
+    if claims.get("key") == "forged":
+        claims = {**claims, "key": new_key()}
+    token = issuer.token(roles=["admin"], **claims)
+    body = assert_error(
+        client.get("/api/v1/notifications/x", headers=issuer.bearer(token)), 401, "unauthorized"
+    )
+    assert says in body["message"]
+
+
+def test_garbage_bearer_is_401(client: TestClient) -> None:
+    response = client.get("/api/v1/notifications/x", headers={"Authorization": "Bearer not.a.jwt"})
+    assert_error(response, 401, "unauthorized")
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_with_retry_after(settings: Settings) -> None:
+    limited = settings.model_copy(
+        update={"shim_rate_limit_per_key": 2.0, "shim_rate_limit_burst_seconds": 1.0}
+    )
+    with TestClient(create_app(limited)) as client:
+        answers = [client.get("/api/v1/notifications/x", headers=BOOTSTRAP_A) for _ in range(4)]
+        assert [a.status_code for a in answers[:2]] == [404, 404]
+        refused = answers[-1]
+        assert_error(refused, 429, "rate_limited")
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Another tenant has its own bucket.
+        assert (
+            client.get("/api/v1/notifications/x", headers={"X-API-Key": "boot-b"}).status_code
+            == 404
+        )
+
+
+def test_tenant_rate_limit_covers_all_its_keys(settings: Settings) -> None:
+    limited = settings.model_copy(
+        update={"shim_rate_limit_per_tenant": 2.0, "shim_rate_limit_burst_seconds": 1.0}
+    )
+    with TestClient(
+        create_app(
+            limited,
+        )
+    ) as client:
+        key_b2 = {"X-API-Key": "boot-b"}
+        codes = [
+            client.get("/api/v1/notifications/x", headers=key_b2).status_code for _ in range(3)
+        ]
+        assert codes[-1] == 429
+
+
+def test_oversized_body_is_413_declared_or_streamed(settings: Settings) -> None:
+    small = settings.model_copy(update={"shim_max_body_bytes": 1000})
+    big = {**BODY, "content": {"text": "x" * 5000}}
+    with TestClient(create_app(small)) as client:
+        assert_error(
+            client.post("/api/v1/notifications", json=big, headers=BOOTSTRAP_A),
+            413,
+            "payload_too_large",
+        )
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"recipients": [{"user_id": "u1"}], "channels": ["email"], '
+            yield b'"content": {"text": "'
+            for _ in range(10):
+                yield b"x" * 500
+            yield b'"}}'
+
+        streamed = client.post(
+            "/api/v1/notifications",
+            content=chunks(),
+            headers={**BOOTSTRAP_A, "Content-Type": "application/json"},
+        )
+        assert_error(streamed, 413, "payload_too_large")
+        # Under the limit still works.
+        assert (
+            client.post("/api/v1/notifications", json=BODY, headers=BOOTSTRAP_A).status_code == 202
+        )
+
+
+def test_malformed_json_and_invalid_fields_are_422_naming_the_field(client: TestClient) -> None:
+    broken = client.post(
+        "/api/v1/notifications",
+        content=b"{not json",
+        headers={**BOOTSTRAP_A, "Content-Type": "application/json"},
+    )
+    assert_error(broken, 422, "validation_failed")
+    invalid = client.post(
+        "/api/v1/notifications", json={**BODY, "channels": ["pigeon"]}, headers=BOOTSTRAP_A
+    )
+    body = assert_error(invalid, 422, "validation_failed")
+    assert body["detail"][0]["field"].startswith("channels")
+
+
+def test_unknown_path_and_wrong_method_answer_in_the_error_shape(client: TestClient) -> None:
+    assert_error(client.get("/api/v1/nowhere", headers=BOOTSTRAP_A), 404, "not_found")
+    assert_error(
+        client.put("/api/v1/notifications", headers=BOOTSTRAP_A), 405, "method_not_allowed"
+    )
+
+
+# -- Idempotency-Key ---------------------------------------------------------------------------
+
+
+def test_idempotency_key_replays_the_first_answer_even_in_another_process(
+    client: TestClient, settings: Settings
+) -> None:
+    key = {"Idempotency-Key": f"order-{uuid.uuid4().hex[:8]}"}
+    first = client.post("/api/v1/notifications", json=BODY, headers={**BOOTSTRAP_A, **key})
+    again = client.post("/api/v1/notifications", json=BODY, headers={**BOOTSTRAP_A, **key})
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    # Another tenant's identical key is another request.
+    other = client.post("/api/v1/notifications", json=BODY, headers={"X-API-Key": "boot-b", **key})
+    assert other.json()["request_id"] != first.json()["request_id"]
+    # A new shim process (restart, or another replica) knows the answer from the topic.
+    with TestClient(create_app(settings)) as restarted:
+        replayed = restarted.post(
+            "/api/v1/notifications", json=BODY, headers={**BOOTSTRAP_A, **key}
+        )
+        assert replayed.json() == first.json()
+        assert replayed.headers.get("Idempotent-Replayed") == "true"
+
+
+def test_idempotency_key_reused_for_another_body_is_422(client: TestClient) -> None:
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex[:8]}"}
+    assert (
+        client.post("/api/v1/notifications", json=BODY, headers={**BOOTSTRAP_A, **key}).status_code
+        == 202
+    )
+    other_body = {**BODY, "content": {"text": "something else"}}
+    response = client.post("/api/v1/notifications", json=other_body, headers={**BOOTSTRAP_A, **key})
+    body = assert_error(response, 422, "unprocessable")
+    assert "Idempotency-Key" in body["message"]
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------
+
+
+def test_openapi_document_is_valid_and_documents_errors(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    validate(document)  # raises on any violation of the OpenAPI 3.1 specification
+    operations = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    ]
+    assert operations
+    for path, method, operation in operations:
+        where = f"{method.upper()} {path}"
+        assert operation.get("summary"), f"{where} has no summary"
+        assert operation.get("tags"), f"{where} has no tag"
+        codes = set(operation["responses"])
+        assert any(code.startswith("2") for code in codes), f"{where} documents no success"
+        if operation.get("security") or path.startswith("/api/"):
+            assert "401" in codes or path.startswith("/api/v1/inbound"), f"{where}: no 401"
+            # The operator's platform endpoints and provider callbacks are not rate limited.
+            limited = not path.startswith(("/api/v1/inbound", "/api/v1/platform"))
+            assert "429" in codes or not limited, f"{where}: no 429"
