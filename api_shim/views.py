@@ -122,8 +122,8 @@ class CompactedView:
             while not self._stop.is_set():
                 message = consumer.poll(0.2)
                 if message is not None and self._take(message):
-                    partition = message.partition()
-                    if partition in ends and message.offset() + 1 >= ends[partition]:
+                    partition, offset = message.partition(), message.offset()
+                    if partition in ends and offset is not None and offset + 1 >= ends[partition]:
                         del ends[partition]
                 if not ends and not self._caught_up.is_set():
                     log.info("view of %s caught up: %d records", self.topic, len(self._records))

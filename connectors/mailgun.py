@@ -16,6 +16,8 @@ import hashlib
 import hmac
 import logging
 import re
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -129,6 +131,35 @@ def verify_signature(
     key = signing_key.get_secret_value() if isinstance(signing_key, SecretStr) else signing_key
     expected = hmac.new(key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+# Mailgun retries a webhook for 8 hours; whether a retry is signed anew is not documented,
+# so a timestamp this old is still accepted. Replays inside the window are harmless: receipts
+# are deduplicated on the event id for far longer (DELIVERED_TTL_SECONDS).
+WEBHOOK_TOLERANCE_SECONDS = 9 * 3600
+
+
+def verify_webhook(
+    signing_key: str | SecretStr,
+    signature: Mapping[str, Any],
+    *,
+    tolerance_seconds: float = WEBHOOK_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> bool:
+    """Whether a webhook's `signature` block ({"timestamp", "token", "signature"}) is
+    Mailgun's and not stale: `verify_signature`, and a timestamp within `tolerance_seconds`.
+    """
+    timestamp, token, digest = (signature.get(k) for k in ("timestamp", "token", "signature"))
+    if not all(isinstance(value, str) and value for value in (timestamp, token, digest)):
+        return False
+    assert isinstance(timestamp, str) and isinstance(token, str) and isinstance(digest, str)
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - sent) > tolerance_seconds:
+        return False
+    return verify_signature(signing_key, timestamp, token, digest)
 
 
 def parse_receipts(payload: dict[str, Any]) -> list[Receipt]:

@@ -23,6 +23,8 @@ Webhook `statuses` become Receipts through `parse_receipts`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +73,10 @@ class MetaWhatsAppConfig(HttpProviderConfig):
     api_version: str = "v23.0"
     phone_number_id: str  # the business phone number's id, not the number itself
     access_token: SecretStr  # a system-user token with whatsapp_business_messaging
+    # For incoming webhooks, not used to send: the Meta app's secret (`verify_signature`)
+    # and the verify token chosen when subscribing the callback URL (`verify_subscription`).
+    app_secret: SecretStr | None = None
+    webhook_verify_token: SecretStr | None = None
 
 
 class MetaWhatsAppConnector(HttpConnector[MetaWhatsAppConfig]):
@@ -214,3 +220,30 @@ def _describe(error: dict[str, Any]) -> str:
     details = (error.get("error_data") or {}).get("details")
     text = f"{error.get('code')} {error.get('title') or error.get('message') or ''}".strip()
     return f"{text}: {details}" if details else text
+
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+def verify_signature(app_secret: str | SecretStr, body: bytes, header: str) -> bool:
+    """Whether X-Hub-Signature-256 (`sha256=<hex HMAC-SHA256 of the raw body, keyed with
+    the app secret>`) signs this body. Constant-time; a malformed header is simply false."""
+    secret = app_secret.get_secret_value() if isinstance(app_secret, SecretStr) else app_secret
+    scheme, _, digest = header.strip().partition("=")
+    if scheme.lower() != "sha256" or not digest:
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    # Bytes: compare_digest refuses non-ASCII str, which a hostile header may be.
+    return hmac.compare_digest(expected.encode(), digest.lower().encode())
+
+
+def verify_subscription(verify_token: str | SecretStr, mode: str | None, token: str | None) -> bool:
+    """Whether Meta's GET verification request (`hub.mode`, `hub.verify_token`) is for us:
+    mode `subscribe` and the verify token we gave Meta. The caller then echoes
+    `hub.challenge`."""
+    expected = (
+        verify_token.get_secret_value() if isinstance(verify_token, SecretStr) else verify_token
+    )
+    if mode != "subscribe" or token is None:
+        return False
+    return hmac.compare_digest(expected.encode(), token.encode())

@@ -12,6 +12,8 @@ See docs/connectors/sendgrid.md.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -21,7 +23,10 @@ from email.utils import parseaddr
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import SecretStr, field_validator
 
 from connectors.base import DeliveryResult, OutboundMessage
 from connectors.errors import (
@@ -48,6 +53,16 @@ class SendGridConfig(HttpProviderConfig):
     api_key: SecretStr
     # "notify@acme.com" or "Acme <notify@acme.com>"; a verified SendGrid sender identity.
     sender: str
+    # The Signed Event Webhook's verification key (base64 DER, as SendGrid's console shows
+    # it, or PEM), for `verify_event_webhook`; not used to send. Public, so a setting.
+    webhook_public_key: str | None = None
+
+    @field_validator("webhook_public_key")
+    @classmethod
+    def _usable_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            load_public_key(value)  # refused at configuration time, not at the first webhook
+        return value
 
 
 class SendGridConnector(HttpConnector[SendGridConfig]):
@@ -202,3 +217,62 @@ def _derived_event_id(event: dict[str, Any]) -> str:
 
 def _optional_str(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
+
+
+# Headers of the Signed Event Webhook.
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+# SendGrid retries a POST for 24 hours; whether a retry is signed anew is not documented, so
+# a timestamp this old is still accepted. Replays inside the window are harmless: receipts are
+# deduplicated on sg_event_id for far longer (DELIVERED_TTL_SECONDS).
+EVENT_WEBHOOK_TOLERANCE_SECONDS = 25 * 3600
+
+
+def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """The Event Webhook verification key: a P-256 public key, base64 DER or PEM.
+
+    ValueError names what is wrong (never the key itself, though it is public).
+    """
+    text = text.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+        else:
+            key = serialization.load_der_public_key(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error, TypeError) as exc:
+        raise ValueError("webhook_public_key is not a base64 DER or PEM public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("webhook_public_key is not an ECDSA P-256 public key")
+    return key
+
+
+def verify_event_webhook(
+    public_key: str | ec.EllipticCurvePublicKey,
+    payload: bytes,
+    signature: str,
+    timestamp: str,
+    *,
+    tolerance_seconds: float = EVENT_WEBHOOK_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> bool:
+    """Whether an Event Webhook POST is SendGrid's and not stale.
+
+    SendGrid signs `timestamp + raw body` with ECDSA P-256/SHA-256; `signature` is the
+    base64 DER signature (X-Twilio-Email-Event-Webhook-Signature), `timestamp` the epoch
+    seconds it signed (X-Twilio-Email-Event-Webhook-Timestamp), refused when further than
+    `tolerance_seconds` from now: a captured request cannot be replayed once its events'
+    ids are no longer remembered.
+    """
+    try:
+        sent = int(timestamp)
+        decoded = base64.b64decode(signature, validate=True)
+    except (TypeError, ValueError, binascii.Error):
+        return False
+    if abs((time.time() if now is None else now) - sent) > tolerance_seconds:
+        return False
+    key = load_public_key(public_key) if isinstance(public_key, str) else public_key
+    try:
+        key.verify(decoded, timestamp.encode() + payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True

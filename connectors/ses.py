@@ -18,14 +18,22 @@ See docs/connectors/ses.md.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors import aws
@@ -81,6 +89,9 @@ class SesConfig(HttpProviderConfig):
     sender: str
     # Needed for event publishing (receipts); SES publishes our tags only through one.
     configuration_set: str | None = None
+    # The SNS topic the configuration set publishes to: inbound receipts are accepted from
+    # this topic only (any AWS account can sign SNS messages for topics of its own).
+    sns_topic_arn: str | None = None
 
     @field_validator("sender")
     @classmethod
@@ -281,3 +292,79 @@ def _tag(tags: dict[str, Any], name: str) -> str | None:
 
 def _epoch_ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+# SNS signs with certificates served from its regional endpoints only (AWS partitions: .com,
+# China .com.cn); anything else could be an attacker's certificate.
+SNS_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+# The fields SNS signs, in order, by message type; a missing optional field (Subject) is
+# left out of the string to sign.
+_SIGNED_FIELDS = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": (
+        "Message",
+        "MessageId",
+        "SubscribeURL",
+        "Timestamp",
+        "Token",
+        "TopicArn",
+        "Type",
+    ),
+}
+_SIGNED_FIELDS["UnsubscribeConfirmation"] = _SIGNED_FIELDS["SubscriptionConfirmation"]
+_SIGNATURE_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+
+
+def is_sns_url(url: str, *, certificate: bool = False) -> bool:
+    """Whether `url` is an https URL on an SNS endpoint (for SigningCertURL, `certificate`:
+    also a .pem path), so fetching it cannot be steered to another host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme != "https" or port not in (None, 443) or parts.username or parts.password:
+        return False
+    host_ok = bool(SNS_HOST.match(parts.hostname or ""))
+    return host_ok and (not certificate or parts.path.endswith(".pem"))
+
+
+def sns_string_to_sign(message: Mapping[str, Any]) -> bytes:
+    """The bytes SNS signed: "Name\nvalue\n" for each signed field of the message's type.
+
+    KeyError for a message type SNS does not sign this way or a missing required field.
+    """
+    fields = _SIGNED_FIELDS[str(message.get("Type"))]
+    lines = []
+    for name in fields:
+        if message.get(name) is None:
+            if name == "Subject":  # SNS signs Subject only when the message has one
+                continue
+            raise KeyError(name)
+        lines.append(f"{name}\n{message[name]}\n")
+    return "".join(lines).encode()
+
+
+def verify_sns_signature(message: Mapping[str, Any], certificate_pem: bytes) -> bool:
+    """Whether an SNS message's `Signature` (SignatureVersion 1: RSA SHA-1, 2: RSA SHA-256)
+    verifies with the certificate fetched from its SigningCertURL.
+
+    Only the signature: the caller checks `is_sns_url(SigningCertURL, certificate=True)`
+    before fetching, and that TopicArn is the one configured.
+    """
+    algorithm = _SIGNATURE_HASHES.get(str(message.get("SignatureVersion")))
+    if algorithm is None:
+        return False
+    try:
+        signed = sns_string_to_sign(message)
+        signature = base64.b64decode(str(message.get("Signature", "")), validate=True)
+        key = x509.load_pem_x509_certificate(certificate_pem).public_key()
+    except (KeyError, ValueError, binascii.Error):
+        return False
+    if not isinstance(key, rsa.RSAPublicKey):
+        return False
+    try:
+        key.verify(signature, signed, padding.PKCS1v15(), algorithm())
+    except InvalidSignature:
+        return False
+    return True

@@ -20,6 +20,7 @@ undelivered, failed, read) become Receipts through `parse_receipts`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,6 +28,7 @@ import httpx
 from pydantic import SecretStr, model_validator
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.response import Response
+from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.rest import Client
 
 from connectors.base import DeliveryResult, OutboundMessage
@@ -188,3 +190,38 @@ def parse_receipts(
             occurred_at=int((time.time() if now is None else now) * 1000),
         )
     ]
+
+
+# Headers of a signed status callback (the second only when Twilio names its algorithm).
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+
+class _FormParams(dict[str, list[str]]):
+    """Form fields with repeated names kept: RequestValidator reads them through `getall`."""
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
+def verify_callback(
+    auth_token: str | SecretStr,
+    url: str,
+    form: Iterable[tuple[str, str]],
+    signature: str,
+    *,
+    signature_settings: str | None = None,
+) -> bool:
+    """Whether `signature` (X-Twilio-Signature) is Twilio's for this URL and form body.
+
+    Checked by the SDK's RequestValidator: base64 HMAC-SHA1 (or HMAC-SHA256 when the
+    X-Twilio-Webhooks-Signature-Settings header, `signature_settings`, says so) keyed with
+    the auth token, over the URL Twilio called (query included) followed by each form field's
+    name and value, sorted by name. `url` must be that public URL exactly.
+    """
+    token = auth_token.get_secret_value() if isinstance(auth_token, SecretStr) else auth_token
+    params = _FormParams()
+    for name, value in form:
+        params.setdefault(name, []).append(value)
+    algorithm = get_signature_algorithm(signature_settings)
+    return bool(RequestValidator(token).validate(url, params, signature, algorithm=algorithm))

@@ -17,13 +17,15 @@ import json
 import socket
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import DeliveryResult, OutboundMessage
 from connectors.errors import PermanentDeliveryError, RetryableDeliveryError
 from connectors.http import HttpConnector, HttpProviderConfig, raise_for_status
+from connectors.receipts import Receipt, ReceiptStatus
 
 SIGNATURE_VERSION = "v1"
 
@@ -38,6 +40,9 @@ class WebhookConfig(HttpProviderConfig):
     headers: dict[str, SecretStr] = {}
     # Only for trusted, internal receivers (and tests against a local peer).
     allow_private_targets: bool = False
+    # Signs receipts the receiver reports back (the generic inbound webhook, same recipe as
+    # `sign`); its own secret, so a leaked outgoing secret cannot forge receipts.
+    inbound_secret: SecretStr | None = None
 
 
 class WebhookConnector(HttpConnector[WebhookConfig]):
@@ -164,3 +169,46 @@ def _body(message: OutboundMessage, timestamp: int) -> bytes:
     }
     # Compact and UTF-8: the receiver verifies the signature over these exact bytes.
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# Headers of a signed request, both ways: ours to receivers and receipts reported back.
+SIGNATURE_HEADER = "X-Notification-Signature"
+TIMESTAMP_HEADER = "X-Notification-Timestamp"
+
+
+class InboundEvent(BaseModel):
+    """One delivery report in the generic inbound webhook's body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    notification_id: str = Field(min_length=1, max_length=200)
+    status: ReceiptStatus
+    # Unique per event on the reporting side: a redelivered report is applied once.
+    provider_event_id: str = Field(min_length=1, max_length=200)
+    occurred_at: int = Field(ge=0, description="Epoch ms")
+    reason: str | None = Field(None, max_length=1000)
+    provider_message_id: str | None = Field(None, max_length=200)
+
+
+class InboundEvents(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[InboundEvent] = Field(min_length=1, max_length=1000)
+
+
+def parse_receipts(payload: Any, *, provider: str = "webhook") -> list[Receipt]:
+    """Receipts from the generic inbound webhook's JSON body (`InboundEvents`); raises
+    pydantic's ValidationError naming the field when the body does not fit."""
+    body = InboundEvents.model_validate(payload)
+    return [
+        Receipt(
+            provider=provider,
+            provider_event_id=event.provider_event_id,
+            status=event.status,
+            provider_message_id=event.provider_message_id,
+            notification_id=event.notification_id,
+            reason=event.reason,
+            occurred_at=event.occurred_at,
+        )
+        for event in body.events
+    ]
