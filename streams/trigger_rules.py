@@ -1,13 +1,16 @@
 """Trigger rules: the YAML file that maps upstream domain events to notification requests.
 
 The file's model (pydantic; a bad file is an error naming the rule and field) and the pure
-functions that match an event and build a NotificationRequest from it. The agent that
-applies them is streams.triggers; the format is in docs/triggers.md.
+functions that match an event and build a NotificationRequest from it. Tenants' own rules
+(config.trigger-rules, written by the admin API) use the same model, confined to their
+tenant's events (`tenant_rule`, `TenantRules`). The agent that applies them is
+streams.triggers; the format is in docs/triggers.md.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas import SchemaCatalog
 from streams.catalog import TopicCatalog
 from streams.events import Rejected
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 _NAMESPACE = uuid.UUID("6d1f0a3e-5b52-4a0c-9a0e-2f3c8e1b7d44")
@@ -129,18 +134,30 @@ def parse_rules(raw: Any, topic_catalog: TopicCatalog, source: str = "rules") ->
         if rule.name in seen:
             raise TriggerConfigError(f"{source}: rule {rule.name!r}, field name: used twice")
         seen.add(rule.name)
-        try:
-            spec = topic_catalog[rule.topic]
-        except KeyError:
-            raise TriggerConfigError(
-                f"{source}: rule {rule.name!r}, field topic: {rule.topic!r} is not in topics.yaml"
-            ) from None
-        if spec.value_schema is not None:
-            raise TriggerConfigError(
-                f"{source}: rule {rule.name!r}, field topic: {rule.topic} carries Avro "
-                f"{spec.value_schema}, not upstream JSON events"
-            )
+        problem = upstream_problem(topic_catalog, rule.topic)
+        if problem is not None:
+            raise TriggerConfigError(f"{source}: rule {rule.name!r}, field topic: {problem}")
     return rules
+
+
+def upstream_problem(topic_catalog: TopicCatalog, topic: str) -> str | None:
+    """Why `topic` cannot be a rule's source, or None: it must be in topics.yaml and carry
+    upstream JSON events (not Avro, not a worker's internal changelog)."""
+    try:
+        spec = topic_catalog[topic]
+    except KeyError:
+        return f"{topic!r} is not in topics.yaml"
+    if spec.value_schema is not None:
+        return f"{topic} carries Avro {spec.value_schema}, not upstream JSON events"
+    if "{app_id}" in spec.name:
+        return f"{topic} is a worker's internal changelog, not an upstream topic"
+    return None
+
+
+def upstream_topics(topic_catalog: TopicCatalog) -> list[str]:
+    """Every topic a rule may read: the worker follows them all, so a tenant's rule created
+    at run time applies without a restart."""
+    return [s.name for s in topic_catalog if upstream_problem(topic_catalog, s.name) is None]
 
 
 def resolve_path(configured: str) -> Path:
@@ -233,3 +250,97 @@ def build_request(
         "template_version": None,
         "send_at": None,
     }
+
+
+# -- tenants' rules (config.trigger-rules) ------------------------------------------------------
+
+DEFAULT_TENANT_PATH = "tenant_id"
+
+
+class TenantRuleError(TriggerConfigError):
+    """A tenant's rule that cannot be used; `field` is its dotted path in the rule."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def tenant_rule(tenant_id: str, rule_id: str, raw: Any, topic_catalog: TopicCatalog) -> Rule:
+    """A tenant's rule, validated: the file's model, named `rule_id`, with the tenant read from
+    the event (`tenant.path`, default `tenant_id`). A fixed tenant (`tenant.value`) is refused:
+    upstream topics are shared, so it would turn other tenants' events into this tenant's
+    notifications. Raises TenantRuleError naming the field."""
+    if not isinstance(raw, dict):
+        raise TenantRuleError("(the rule)", "expected an object")
+    if raw.get("name") not in (None, rule_id):
+        raise TenantRuleError("name", f"must be the rule id {rule_id!r} (or left out)")
+    data = {**raw, "name": rule_id, "tenant": raw.get("tenant") or {"path": DEFAULT_TENANT_PATH}}
+    try:
+        rule = Rule.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "(the rule)"
+        raise TenantRuleError(field, str(error["msg"]).removeprefix("Value error, ")) from None
+    path = rule.tenant.path
+    if path is None:
+        raise TenantRuleError(
+            "tenant.value",
+            "a tenant's rule reads the tenant from the event (tenant.path), so it only ever "
+            "matches that tenant's own events; a fixed tenant is for the operator's rules file",
+        )
+    if rule.when.get(path, tenant_id) != tenant_id:
+        raise TenantRuleError(f"when.{path}", f"a tenant's rule only matches {tenant_id!r}")
+    problem = upstream_problem(topic_catalog, rule.topic)
+    if problem is not None:
+        raise TenantRuleError("topic", problem)
+    return rule
+
+
+def confine(rule: Rule, tenant_id: str) -> Rule:
+    """The tenant's rule as the worker runs it: it matches only events whose tenant path holds
+    `tenant_id`, and is named `tenant_id:rule_id` (its request ids and metadata.trigger)."""
+    assert rule.tenant.path is not None, "tenant_rule() refuses fixed tenants"
+    return rule.model_copy(
+        update={
+            "name": f"{tenant_id}:{rule.name}",
+            "when": {**rule.when, rule.tenant.path: tenant_id},
+        }
+    )
+
+
+class TenantRules:
+    """The enabled rules of config.trigger-rules, kept up to date by a view listener.
+
+    A record the worker cannot use (bad JSON, a key that is not its tenant_id:rule_id, a rule
+    the admin API would refuse) is logged and ignored: the admin API validates before it
+    writes, so only a hand-written record can be bad, and it must not stop the worker.
+    """
+
+    def __init__(self, topic_catalog: TopicCatalog) -> None:
+        self._catalog = topic_catalog
+        self._rules: dict[str, Rule] = {}
+
+    def apply(self, key: str, _old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        self._rules.pop(key, None)
+        if new is None or not new.get("enabled", True):
+            return
+        tenant_id, rule_id = new["tenant_id"], new["rule_id"]
+        if key != f"{tenant_id}:{rule_id}":
+            log.warning("trigger rule %r: key is not tenant_id:rule_id; ignored", key)
+            return
+        try:
+            raw = json.loads(new["rule_json"])
+            self._rules[key] = confine(
+                tenant_rule(tenant_id, rule_id, raw, self._catalog), tenant_id
+            )
+        except (ValueError, TriggerConfigError) as exc:
+            log.warning("trigger rule %r ignored: %s", key, exc)
+
+    def for_topic(self, topic: str) -> list[Rule]:
+        return [rule for _, rule in sorted(self._rules.items()) if rule.topic == topic]
+
+
+def rules_for(file_rules: list[Rule], tenant_rules: TenantRules, topic: str) -> list[Rule]:
+    """The rules that read `topic`: the file's, then the tenants'."""
+    return [r for r in file_rules if r.topic == topic] + tenant_rules.for_topic(topic)
