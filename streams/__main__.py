@@ -36,7 +36,15 @@ def main() -> None:
         # transactional notification took up to 1.4 s; with the bulk worker niced, under 1 s.
         os.nice(settings.bulk_worker_niceness)
     if settings.worker_lane != "bulk":
-        from streams import batches, receipts, retry, scheduler, status, triggers  # noqa: F401
+        from streams import (  # noqa: F401
+            batches,
+            receipts,
+            retry,
+            scheduler,
+            status,
+            status_webhooks,
+            triggers,
+        )
     from streams.app import app
 
     # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever

@@ -17,7 +17,8 @@ from streams.settings import get_settings
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m connectors.postgres_sink",
-        description="Write notifications.status and notifications.inbox to DATABASE_URL.",
+        description="Write notifications.status, notifications.inbox and webhooks.delivery-log "
+        "to DATABASE_URL.",
     )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     args = parser.parse_args(argv)

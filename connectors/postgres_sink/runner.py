@@ -49,7 +49,8 @@ def _default_codec(settings: Settings) -> Codec:
 
 
 class SinkRunner:
-    """Consumes notifications.status and notifications.inbox into the read model.
+    """Consumes notifications.status, notifications.inbox and webhooks.delivery-log into the
+    read model.
 
     `run(stop)` blocks until `stop` is set (tests run it in a thread); the current batch is
     finished and committed before the consumer closes.
@@ -67,6 +68,7 @@ class SinkRunner:
         catalog = TopicCatalog.load(settings)
         self.status_topic = catalog.name("notifications.status")
         self.inbox_topic = catalog.name("notifications.inbox")
+        self.webhook_log_topic = catalog.name("webhooks.delivery-log")
         self.group_id = group_id or f"{settings.full_app_id}-postgres-sink"
         self._engine = engine
         self._codec = codec
@@ -78,9 +80,16 @@ class SinkRunner:
         create_tables(engine)
         consumer = Consumer(consumer_config(self.settings, self.group_id))
         consumer.subscribe(
-            [self.status_topic, self.inbox_topic], on_assign=lambda *_: self.assigned.set()
+            [self.status_topic, self.inbox_topic, self.webhook_log_topic],
+            on_assign=lambda *_: self.assigned.set(),
         )
-        log.info("sink consuming %s, %s as %s", self.status_topic, self.inbox_topic, self.group_id)
+        log.info(
+            "sink consuming %s, %s, %s as %s",
+            self.status_topic,
+            self.inbox_topic,
+            self.webhook_log_topic,
+            self.group_id,
+        )
         try:
             while not stop.is_set():
                 messages = consumer.consume(
@@ -125,6 +134,7 @@ class SinkRunner:
         self._commit(consumer, next_offsets)
         metrics.WRITTEN.labels(self.status_topic).inc(len(batch.statuses))
         metrics.WRITTEN.labels(self.inbox_topic).inc(len(batch.inbox_messages))
+        metrics.WRITTEN.labels(self.webhook_log_topic).inc(len(batch.webhook_attempts))
 
     def _add(
         self,
@@ -144,6 +154,9 @@ class SinkRunner:
                 event = _decode(codec, value, "StatusEvent", stop)
                 rank(event["status"], event["retriable"])  # an unknown status is invalid
                 batch.statuses.append(Record(event, topic, partition, offset))
+            elif topic == self.webhook_log_topic:
+                attempt = _decode(codec, value, "WebhookDeliveryAttempt", stop)
+                batch.webhook_attempts.append(Record(attempt, topic, partition, offset))
             else:
                 message = _decode(codec, value, "InAppMessage", stop)
                 batch.inbox_messages.append(Record(message, topic, partition, offset))
@@ -188,6 +201,8 @@ class SinkRunner:
         for record in batch.records():
             is_status = record.topic == self.status_topic
             single = Batch([record], []) if is_status else Batch([], [record])
+            if record.topic == self.webhook_log_topic:
+                single = Batch([], [], webhook_attempts=[record])
             try:
                 write_batch(engine, single)
             except (DataError, IntegrityError) as exc:

@@ -6,21 +6,29 @@ Every statement is an upsert that a replay turns into a no-op:
 - the latest-state row only moves to an event that outranks the stored one (see
   `_outranks`), and `created_at` only moves earlier, so any order of arrival and any number
   of replays give the same row;
-- inbox messages are inserted once; `read_at` is the earliest `read` event of the message,
-  whichever of the two arrived first.
+- inbox messages are inserted once; `read_at` and `deleted_at` are recomputed from all of the
+  message's read/unread/deleted events (see `inbox_state`), whichever arrived first;
+- webhook delivery attempts are inserted once per attempt id (`delivery_id:attempt`).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from connectors.read_model import from_epoch_ms, inbox, notification_events, notifications
+from connectors.read_model import (
+    from_epoch_ms,
+    inbox,
+    notification_events,
+    notifications,
+    webhook_deliveries,
+)
 from streams.lifecycle import rank
 
 
@@ -41,12 +49,13 @@ class Record:
 class Batch:
     statuses: list[Record]  # StatusEvent
     inbox_messages: list[Record]  # InAppMessage
+    webhook_attempts: list[Record] = field(default_factory=list)  # WebhookDeliveryAttempt
 
     def records(self) -> list[Record]:
-        return [*self.statuses, *self.inbox_messages]
+        return [*self.statuses, *self.inbox_messages, *self.webhook_attempts]
 
     def __len__(self) -> int:
-        return len(self.statuses) + len(self.inbox_messages)
+        return len(self.statuses) + len(self.inbox_messages) + len(self.webhook_attempts)
 
 
 def _insert(conn: Connection) -> Any:
@@ -168,26 +177,49 @@ def _upsert_states(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.execute(stmt, rows)
 
 
-def _mark_read(conn: Connection, notification_ids: set[str]) -> None:
-    first_read = (
-        select(func.min(notification_events.c.occurred_at))
-        .where(
-            notification_events.c.notification_id == inbox.c.notification_id,
-            notification_events.c.tenant_id == inbox.c.tenant_id,
-            notification_events.c.status == "read",
+# A user's inbox actions (the shim's /api/v1/me endpoints), and provider read receipts.
+INBOX_ACTIONS = ("read", "unread", "deleted")
+
+
+def inbox_state(actions: Iterable[tuple[str, Any, str]]) -> tuple[Any, Any]:
+    """(read_at, deleted_at) of one message from its (status, occurred_at, event_id) actions.
+
+    The latest read/unread action (by occurred_at, then event id) decides whether the message
+    is read; read_at is then the first `read` after the last `unread`, so clicking "read"
+    twice keeps the first time. deleted_at is the first `deleted`. A function of the set of
+    events only: any order of arrival and any replay give the same answer."""
+    read_at = deleted_at = None
+    for status, occurred_at, _event_id in sorted(actions, key=lambda a: (a[1], a[2])):
+        if status == "read" and read_at is None:
+            read_at = occurred_at
+        elif status == "unread":
+            read_at = None
+        elif status == "deleted" and deleted_at is None:
+            deleted_at = occurred_at
+    return read_at, deleted_at
+
+
+def _apply_inbox_actions(conn: Connection, notification_ids: set[str]) -> None:
+    e = notification_events.c
+    rows = conn.execute(
+        select(e.notification_id, e.tenant_id, e.status, e.occurred_at, e.event_id).where(
+            e.notification_id.in_(sorted(notification_ids)), e.status.in_(INBOX_ACTIONS)
         )
-        .scalar_subquery()
-    )
-    has_read = exists().where(
-        notification_events.c.notification_id == inbox.c.notification_id,
-        notification_events.c.tenant_id == inbox.c.tenant_id,
-        notification_events.c.status == "read",
-    )
+    ).all()
+    actions: dict[tuple[str, str], list[tuple[str, Any, str]]] = defaultdict(list)
+    for nid, tenant_id, status, occurred_at, event_id in rows:
+        actions[(nid, tenant_id)].append((status, occurred_at, event_id))
+    if not actions:
+        return
+    params = []
+    for (nid, tenant_id), found in actions.items():
+        read_at, deleted_at = inbox_state(found)
+        params.append({"nid": nid, "tid": tenant_id, "new_read": read_at, "new_del": deleted_at})
     conn.execute(
         update(inbox)
-        .where(inbox.c.notification_id.in_(sorted(notification_ids)), inbox.c.read_at.is_(None))
-        .where(has_read)
-        .values(read_at=first_read)
+        .where(inbox.c.notification_id == bindparam("nid"), inbox.c.tenant_id == bindparam("tid"))
+        .values(read_at=bindparam("new_read"), deleted_at=bindparam("new_del")),
+        params,
     )
 
 
@@ -202,6 +234,7 @@ def inbox_row(message: dict[str, Any]) -> dict[str, Any]:
         "data_json": message.get("data_json", "{}"),
         "created_at": from_epoch_ms(message["created_at"]),
         "read_at": None,
+        "deleted_at": None,
     }
 
 
@@ -227,6 +260,25 @@ def write_batch(engine: Engine, batch: Batch) -> None:
                 messages,
             )
         touched = {m["notification_id"] for m in messages}
-        touched |= {e["notification_id"] for e in events if e["status"] == "read"}
+        touched |= {e["notification_id"] for e in events if e["status"] in INBOX_ACTIONS}
         if touched:
-            _mark_read(conn, touched)
+            _apply_inbox_actions(conn, touched)
+        if batch.webhook_attempts:
+            attempts = {
+                r.value["attempt_id"]: webhook_attempt_row(r.value) for r in batch.webhook_attempts
+            }
+            conn.execute(
+                insert(webhook_deliveries).on_conflict_do_nothing(
+                    index_elements=[webhook_deliveries.c.attempt_id]
+                ),
+                list(attempts.values()),
+            )
+
+
+def webhook_attempt_row(attempt: dict[str, Any]) -> dict[str, Any]:
+    """A delivery-log row: inserted once per attempt id (a replayed attempt is a no-op)."""
+    row = {column.name: attempt.get(column.name) for column in webhook_deliveries.columns}
+    row["duration_ms"] = attempt.get("duration_ms") or 0
+    row["next_attempt_at"] = from_epoch_ms(attempt.get("next_attempt_at"))
+    row["occurred_at"] = from_epoch_ms(attempt["occurred_at"])
+    return row
