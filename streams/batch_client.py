@@ -9,8 +9,10 @@ idempotent producer) and returns once the broker acknowledged it. Commands carry
 token's SHA-256, never the token: the batch stage compares hashes. The batch stage answers
 on notifications.batch-events (batch.chunk_accepted / batch.chunk_rejected with a reason).
 
-This module does not import the Faust app, so the shim can use it. `build_command` and
-`request_id_for` are pure and shared with the batch stage.
+This module does not import the Faust app, so the shim can use it: `new_batch`,
+`build_command` (from the token, or from its hash for a trusted producer that keeps only the
+hash) and `command_id_for` are pure and shared with the shim; `request_id_for` with the batch
+stage.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_batch() -> tuple[str, str]:
+    """A fresh (batch_id, token). The token is shown once; only its hash travels."""
+    return str(uuid.uuid4()), secrets.token_urlsafe(32)
+
+
+def command_id_for(batch_id: str, name: str) -> str:
+    """A command id derived from a name ("chunk-3", "close"): a producer that may send the
+    same command again (a retried upload) gets the same id, which the stage applies once."""
+    return str(uuid.uuid5(_NAMESPACE, f"batch-command:{batch_id}:{name}"))
+
+
 def request_id_for(batch_id: str, command_id: str, index: int) -> str:
     """The request id the batch stage gives the `index`-th request of an append command."""
     return str(uuid.uuid5(_NAMESPACE, f"batch-request:{batch_id}:{command_id}:{index}"))
@@ -70,18 +83,22 @@ def build_command(
     kind: str,
     batch_id: str,
     tenant_id: str,
-    token: str,
+    token: str | None = None,
     *,
+    token_hash: str | None = None,
     command_id: str | None = None,
     total_expected: int | None = None,
     requests: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
+    """A BatchCommand record. Give the token, or (exactly one of the two) its SHA-256."""
+    if (token is None) == (token_hash is None):
+        raise ValueError("give either the token or its hash")
     return {
         "command_id": command_id or str(uuid.uuid4()),
         "kind": kind,
         "batch_id": batch_id,
         "tenant_id": tenant_id,
-        "token_sha256": token_sha256(token),
+        "token_sha256": token_sha256(token) if token is not None else token_hash,
         "total_expected": total_expected,
         "requests": [normalise_request(r, tenant_id) for r in requests],
         "issued_at": _now_ms(),
@@ -100,7 +117,7 @@ class BatchClient:
         """A new batch; returns (batch_id, token). Keep the token: it is not stored anywhere."""
         if total_expected is not None and total_expected < 0:
             raise ValueError("total_expected: must not be negative")
-        batch_id, token = str(uuid.uuid4()), secrets.token_urlsafe(32)
+        batch_id, token = new_batch()
         self._send(
             build_command("create", batch_id, tenant_id, token, total_expected=total_expected)
         )

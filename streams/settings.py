@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     # Scheduler: how often each worker sweeps its partitions for due notifications and digests.
     scheduler_tick_seconds: float = 1.0
 
-    # Trigger rules: upstream domain events -> notifications. Unset or empty: no triggers.
+    # Trigger rules: upstream domain events -> notifications. Unset or empty: no rules file
+    # (tenants' rules from the admin API, on config.trigger-rules, still apply).
     trigger_rules_file: str | None = "streams/config/triggers.yaml"
 
     # Sink and read model
