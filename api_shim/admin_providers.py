@@ -28,7 +28,9 @@ from api_shim.admin_common import (
 from api_shim.admin_models import ProviderIn, ProviderOut
 from api_shim.auth import Admin, Principal
 from api_shim.errors import AUTHENTICATED, NotFound, Unavailable
+from connectors.errors import DeliveryError, RetryableDeliveryError
 from connectors.registry import PROVIDERS
+from connectors.webhook import check_target
 from streams.config.apply import provider_box
 from streams.config.kinds import ConfigError
 from streams.providers import PIPELINE_SETTINGS
@@ -39,6 +41,27 @@ router = APIRouter(tags=["admin"])
 TOPIC = "config.providers"
 # Connector fields only the operator may set (the deliver stage overrides them anyway).
 OPERATOR_FIELDS = frozenset({"allow_private_targets"})
+# Settings or secrets that point the worker at a host: a tenant must not aim our workers at
+# our own network (SSRF), so they get the outgoing-webhook guard.
+TARGET_FIELDS = frozenset({"base_url", "url", "webhook_url", "host"})
+
+
+async def _check_targets(request: Request, values: dict[str, str], where: str) -> None:
+    if request.app.state.settings.webhook_allow_private_targets:
+        return
+    for name in sorted(TARGET_FIELDS & set(values)):
+        raw = _from_text(values[name])
+        if not isinstance(raw, str) or not raw:
+            continue
+        target = raw if "://" in raw else f"https://{raw}/"
+        try:
+            await check_target(target)
+        except RetryableDeliveryError as exc:
+            raise FieldProblem(f"{where}.{name}", "names a host that does not resolve") from exc
+        except DeliveryError as exc:
+            # Never the value: it may be a secret (a webhook URL with a token in it).
+            problem = "is not an allowed target: only public http(s) hosts"
+            raise FieldProblem(f"{where}.{name}", problem) from exc
 
 
 def _box(request: Request) -> SecretBox | None:
@@ -174,6 +197,9 @@ async def put_provider(
     key = f"{caller.tenant_id}:{provider_id}"
     existing = view(request, TOPIC).get(key)
     settings = {k: _as_text(v) for k, v in body.settings.items()}
+    await _check_targets(request, settings, "settings")
+    if body.secrets:
+        await _check_targets(request, {k: _as_text(v) for k, v in body.secrets.items()}, "secrets")
     sealed: bytes | None = None
     if body.secrets is not None:
         secrets = {k: _as_text(v) for k, v in body.secrets.items()}

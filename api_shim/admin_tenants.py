@@ -142,6 +142,31 @@ async def create_tenant(
     return await shown_once(request, OPERATOR, idempotency_key, handler, _without_key)
 
 
+@router.post(
+    "/api/v1/platform/tenants/{tenant_id}/api-keys",
+    status_code=201,
+    response_model=ApiKeyCreated,
+    responses={**OPERATOR_ERRORS, **errors.responses(404, 422, 503)},
+    tags=["platform"],
+    summary="Issue an API key for an existing tenant",
+    description="For a tenant that has lost its admin key: an API key with the scopes "
+    "given, shown in this answer only. 404 if the tenant does not exist.",
+)
+async def issue_tenant_key(
+    tenant_id: TenantIdPath,
+    body: ApiKeyCreate,
+    request: Request,
+    _operator: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def handler() -> tuple[int, ApiKeyCreated]:
+        if view(request, TENANTS).get(tenant_id) is None:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return 201, await create_key(request, tenant_id, body.name, list(body.scopes))
+
+    return await shown_once(request, OPERATOR, idempotency_key, handler, _without_key)
+
+
 @router.get(
     "/api/v1/platform/tenants",
     response_model=list[TenantOut],

@@ -246,6 +246,10 @@ async def authenticate(
         principal = await run_in_threadpool(verifier.principal, bearer.credentials)
     else:
         raise Unauthorized("an X-API-Key header or an Authorization: Bearer token is required")
+    tenant = request.app.state.views["config.tenants"].get(principal.tenant_id)
+    if tenant is not None and not tenant["enabled"]:
+        # The operator disabled the tenant: its keys and users are refused until re-enabled.
+        raise Forbidden(f"tenant {principal.tenant_id!r} is disabled")
     _rate_limit(request, principal)
     return principal
 

@@ -26,7 +26,9 @@ from streams.status import notification_state
 STAGE = "receipt"
 RECEIPT_STATUSES = frozenset({"delivered", "bounced", "failed", "read"})
 
-# f"{provider}:{provider_event_id}" -> {"at": ms, "partition": n}
+# f"{tenant}:{notification_id}:{provider}:{provider_event_id}" -> {"at": ms, "partition": n}.
+# Scoped to the notification: a tenant with its own provider account cannot block another
+# tenant's receipt by sending one with the same provider event id first.
 receipts_seen = table("receipts-seen")
 _sweeper = Sweeper(receipts_seen, settings.delivered_ttl_seconds * 1000)
 
@@ -48,12 +50,13 @@ async def handle(event: EventT) -> None:
         await dead_letter(event, stage=STAGE, error=Rejected(problem), notification_id=nid)
         return
     assert state is not None
-    seen_key = f"{receipt['provider']}:{receipt['provider_event_id']}"
+    provider_event = f"{receipt['provider']}:{receipt['provider_event_id']}"
+    seen_key = f"{state['tenant_id']}:{nid}:{provider_event}"
     if seen_key in receipts_seen:
         metrics.processed(STAGE, "duplicate")
         return
     record = {
-        "event_id": status_event_id(nid, receipt["status"], 0, seen_key),
+        "event_id": status_event_id(nid, receipt["status"], 0, provider_event),
         "notification_id": nid,
         "request_id": state.get("request_id") or "",
         "tenant_id": state["tenant_id"],

@@ -203,6 +203,31 @@ def test_the_operator_creates_a_tenant_with_its_first_key(
     assert (
         client.patch("/api/v1/platform/tenants/nope", json={}, headers=OPERATOR).status_code == 404
     )
+    # A disabled tenant's keys are refused.
+    refused = client.get("/api/v1/admin/tenant", headers={"X-API-Key": key})
+    assert refused.status_code == 403 and "disabled" in refused.json()["message"]
+
+    # The operator can issue a new key to a tenant that lost its own; shown once.
+    new_key = {"name": "recovery", "scopes": ["admin"]}
+    issued = client.post(
+        "/api/v1/platform/tenants/tenant-c/api-keys", json=new_key, headers=OPERATOR
+    )
+    assert issued.status_code == 201, issued.text
+    issued_key = {"X-API-Key": issued.json()["key"]}
+    # It is tenant-c's: refused the same way while tenant-c is disabled.
+    assert "tenant-c" in client.get("/api/v1/admin/tenant", headers=issued_key).json()["message"]
+    assert (
+        client.post(
+            "/api/v1/platform/tenants/nope/api-keys", json=new_key, headers=OPERATOR
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post(
+            "/api/v1/platform/tenants/tenant-c/api-keys", json=new_key, headers=BOOT_A
+        ).status_code
+        == 401
+    )
 
 
 def test_platform_endpoints_are_off_without_an_operator_token(client: TestClient) -> None:
@@ -599,6 +624,47 @@ def test_webhook_providers_cannot_lift_the_ssrf_guard(client: TestClient) -> Non
         field_of(client.put("/api/v1/admin/providers/hook", json=body, headers=BOOT_A))
         == "settings.allow_private_targets"
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {
+                "channel": "email",
+                "provider": "sendgrid",
+                "settings": {"base_url": "http://127.0.0.1:8080", "from_email": "a@example.com"},
+                "secrets": {"api_key": "SG.x"},
+            },
+            "settings.base_url",
+        ),
+        (
+            {
+                "channel": "email",
+                "provider": "smtp",
+                "settings": {"host": "169.254.169.254"},
+                "secrets": {},
+            },
+            "settings.host",
+        ),
+        (
+            {
+                "channel": "chat",
+                "provider": "slack",
+                "settings": {},
+                "secrets": {"webhook_url": "http://10.1.2.3/hooks/secret-token"},
+            },
+            "secrets.webhook_url",
+        ),
+    ],
+)
+def test_provider_targets_in_our_network_are_refused(
+    client: TestClient, body: dict[str, Any], field: str
+) -> None:
+    response = client.put("/api/v1/admin/providers/ssrf", json=body, headers=BOOT_A)
+    assert field_of(response) == field
+    assert "secret-token" not in response.text
+    assert client.get("/api/v1/admin/providers/ssrf", headers=BOOT_A).status_code == 404
 
 
 def test_without_a_secrets_key_secrets_are_refused_not_stored(

@@ -45,7 +45,7 @@ def settings(kafka_bootstrap: str, fresh_database: str, issuer: Issuer) -> Setti
         kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=f"t-{uuid.uuid4().hex[:12]}.",
         database_url=fresh_database,
-        shim_api_keys={"boot-a": "tenant-a", "boot-b": "tenant-b"},
+        shim_api_keys={"boot-a": "tenant-a", "boot-b": "tenant-b", "boot-off": "tenant-off"},
         **issuer.settings(),
     )
     provision(settings)
@@ -186,6 +186,21 @@ def test_another_tenants_notification_is_404(client: TestClient) -> None:
     notification_id = sent.json()["notifications"][0]["notification_id"]
     other = client.get(f"/api/v1/notifications/{notification_id}", headers={"X-API-Key": "boot-b"})
     assert_error(other, 404, "not_found")
+
+
+def test_a_disabled_tenants_keys_are_refused(client: TestClient, settings: Settings) -> None:
+    headers = {"X-API-Key": "boot-off"}
+    assert client.post("/api/v1/notifications", json=BODY, headers=headers).status_code == 202
+    producer = Producer(producer_config(settings))
+    tenant = {"tenant_id": "tenant-off", "enabled": False, "updated_at": int(time.time() * 1000)}
+    producer.produce(
+        TopicCatalog.load(settings).name("config.tenants"),
+        key=b"tenant-off",
+        value=CODEC.encode("Tenant", tenant),
+    )
+    assert producer.flush(10) == 0
+    refused = eventually(client, "POST", "/api/v1/notifications", 403, json=BODY, headers=headers)
+    assert "disabled" in assert_error(refused, 403, "forbidden")["message"]
 
 
 # -- JWT ---------------------------------------------------------------------------------------
