@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run demo test bench lint typecheck infra-up infra-down clean
+.PHONY: help run demo test bench bench-shim lint typecheck infra-up infra-down clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -22,6 +22,9 @@ test: ## whole suite on a throwaway Kafka (29092), Postgres (55432), registry (2
 
 bench: ## end-to-end benchmark on the local Kafka (127.0.0.1:9092); COUNT=... notifications
 	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/e2e.py --count $(or $(COUNT),2000) --workers 1 2
+
+bench-shim: ## HTTP shim benchmark on the local Kafka: POSTs vs. the bare producer; COUNT=...
+	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/shim.py --count $(or $(COUNT),2000)
 
 lint: ## ruff check, ruff format --check, docker-compose config -q
 	scripts/bootstrap.sh

@@ -122,7 +122,7 @@ def test_a_thousand_concurrent_items_make_exactly_one_digest(
     pipeline: Pipeline, smtp: SmtpCapture
 ) -> None:
     total = 1000
-    put_digest_templates(pipeline, "bulk-item", digest_rule("bulk-digest", window_seconds=45))
+    put_digest_templates(pipeline, "bulk-item", digest_rule("bulk-digest", window_seconds=30))
     time.sleep(1)
     ids = [send_item(pipeline, "dbulk", "bulk-item", i, "big") for i in range(total)]
     pipeline.flush()

@@ -163,16 +163,22 @@ def test_opted_out_recipient_is_suppressed_and_never_sent(
 def test_duplicate_idempotency_key_is_sent_once(pipeline: Pipeline, smtp: SmtpCapture) -> None:
     key = f"order-{uuid.uuid4()}"
     with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
-        first, second = (
+        first, retried = (
             client.post(
                 "/api/v1/notifications", json=shim_body("dup"), headers={"Idempotency-Key": key}
             )
             for _ in range(2)
         )
-    assert first.status_code == second.status_code == 202
+    assert first.status_code == retried.status_code == 202
+    # The shim replays its first answer: the retry is the same request, not a second one.
+    assert retried.json() == first.json()
+    assert retried.headers["Idempotent-Replayed"] == "true"
     first_id = first.json()["notifications"][0]["notification_id"]
-    second_id = second.json()["notifications"][0]["notification_id"]
-    assert first_id != second_id  # two requests; the stream recognises the second
+
+    # An upstream service that publishes the same key as a new request: the stream
+    # recognises it and sends nothing more.
+    upstream = requests.request_record("dup", tenant="acme", idempotency_key=key)
+    second_id = requests.produce_request(pipeline, upstream)
 
     pipeline.wait_for_status([first_id], {"sent"})
     pipeline.wait_for_status([second_id], {"duplicate"})

@@ -50,13 +50,9 @@ class FakeProducer:
         return set()
 
 
-@pytest.fixture
-def producer() -> FakeProducer:
-    return FakeProducer()
-
-
-@pytest.fixture
-def client(producer: FakeProducer) -> Iterator[TestClient]:
+@pytest.fixture(scope="module")
+def shared() -> Iterator[tuple[FakeProducer, TestClient]]:
+    """One app for the module (starting one costs its views' threads); tests reset it."""
     settings = Settings(
         shim_api_keys={"key-a": "tenant-a", "key-b": "tenant-b"},
         topic_prefix="unit.",
@@ -66,11 +62,25 @@ def client(producer: FakeProducer) -> Iterator[TestClient]:
         kafka_bootstrap_servers="127.0.0.1:9",
         shim_view_catchup_seconds=0.0,
     )
+    producer = FakeProducer()
     engine = make_engine("sqlite://")
     app = create_app(settings, producer=producer, engine=engine)  # type: ignore[arg-type]
     with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+        yield producer, test_client
     engine.dispose()
+
+
+@pytest.fixture
+def producer(shared: tuple[FakeProducer, TestClient]) -> FakeProducer:
+    fake = shared[0]
+    fake.sent.clear()
+    fake.fail = None
+    return fake
+
+
+@pytest.fixture
+def client(shared: tuple[FakeProducer, TestClient], producer: FakeProducer) -> TestClient:
+    return shared[1]
 
 
 def _post(client: TestClient, body: Any, headers: dict[str, str] | None = None) -> Any:
