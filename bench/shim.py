@@ -1,12 +1,13 @@
 """HTTP shim benchmark: what accepting a notification over HTTP costs, next to Kafka alone.
 
-    python bench/shim.py --count 2000 --concurrency 32      (make bench-shim)
+    python bench/shim.py --count 2000 --concurrency 32 --clients 3      (make bench-shim)
 
 Three runs in one process, against the local broker, each writing `count` requests:
 
 - baseline: the shim's own producer (acks=all, awaited) called directly, `concurrency` at once:
   what Kafka and the client cost without HTTP;
-- POST /api/v1/notifications through a real uvicorn server (auth, validation, Avro, produce);
+- POST /api/v1/notifications to a real shim (`uvicorn api_shim.app:app`, its own process, as
+  deployed): auth, rate limits, validation, Avro, produce;
 - the same with an Idempotency-Key on every request (one more acknowledged write each).
 
 Prints requests/s and latency percentiles (call to answer) side by side.
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import multiprocessing
+import os
 import socket
 import statistics
+import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,9 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
-from api_shim.app import _producer, create_app  # noqa: E402
+from api_shim.app import _producer  # noqa: E402
 from streams.provision import provision  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
@@ -90,12 +93,11 @@ async def baseline(settings: Settings, count: int, concurrency: int) -> Result:
         producer.close(10)
 
 
-async def over_http(
-    url: str, count: int, concurrency: int, *, idempotent: bool, name: str
-) -> Result:
+async def _post_all(
+    url: str, indexes: range, concurrency: int, idempotent: bool, run: str
+) -> list[float]:
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        run = uuid.uuid4().hex[:8]
 
         async def post(i: int) -> None:
             headers = {"X-API-Key": "bench-key"}
@@ -105,7 +107,37 @@ async def over_http(
             if response.status_code != 202:
                 raise SystemExit(f"unexpected answer {response.status_code}: {response.text}")
 
-        return await _run(name, count, concurrency, post)
+        result = await _run("", len(indexes), concurrency, lambda n: post(indexes[n]))
+        return result.latencies_ms
+
+
+def _client_process(args: tuple[str, range, int, bool, str]) -> list[float]:
+    return asyncio.run(_post_all(*args))
+
+
+def over_http(
+    url: str, count: int, concurrency: int, *, idempotent: bool, name: str, clients: int
+) -> Result:
+    """`clients` processes share the requests: one Python HTTP client cannot keep a shim busy."""
+    run = uuid.uuid4().hex[:8]
+    shares = [range(i, count, clients) for i in range(clients)]
+    jobs = [(url, share, max(1, concurrency // clients), idempotent, run) for share in shares]
+    started = time.perf_counter()
+    with multiprocessing.Pool(clients) as pool:
+        latencies = [ms for part in pool.map(_client_process, jobs) for ms in part]
+    return Result(name, count, time.perf_counter() - started, latencies)
+
+
+def _wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the shim at {url} did not become ready within {timeout:g}s")
 
 
 def _free_port() -> int:
@@ -118,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=3, help="HTTP client processes")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     args = parser.parse_args()
 
@@ -132,36 +165,62 @@ def main() -> None:
     )
     provision(settings)
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database_url,
+        "SHIM_API_KEYS": json.dumps(settings.shim_api_keys),
+        "SHIM_RATE_LIMIT_PER_TENANT": str(settings.shim_rate_limit_per_tenant),
+        "SHIM_RATE_LIMIT_PER_KEY": str(settings.shim_rate_limit_per_key),
+        "LOG_LEVEL": "WARNING",
+    }
+    shim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api_shim.app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=REPO,
+        env=env,
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.1)
     url = f"http://127.0.0.1:{port}"
     try:
-        # A short warm-up (connections, metadata, JIT of nothing: Python) before measuring.
-        asyncio.run(over_http(url, 50, 8, idempotent=False, name="warm-up"))
+        _wait_ready(url)
+        # A short warm-up (connections, metadata) before measuring.
+        over_http(url, 50, 8, idempotent=False, name="warm-up", clients=1)
         results = [
             asyncio.run(baseline(settings, args.count, args.concurrency)),
-            asyncio.run(
-                over_http(url, args.count, args.concurrency, idempotent=False, name="POST, no key")
+            over_http(
+                url,
+                args.count,
+                args.concurrency,
+                idempotent=False,
+                name="POST, no key",
+                clients=args.clients,
             ),
-            asyncio.run(
-                over_http(
-                    url,
-                    args.count,
-                    args.concurrency,
-                    idempotent=True,
-                    name="POST, Idempotency-Key",
-                )
+            over_http(
+                url,
+                args.count,
+                args.concurrency,
+                idempotent=True,
+                name="POST, Idempotency-Key",
+                clients=args.clients,
             ),
         ]
     finally:
-        server.should_exit = True
-        thread.join(10)
-    print(f"\nconcurrency {args.concurrency}, one shim process (uvicorn, 1 worker)")
+        shim.terminate()
+        shim.wait(10)
+    print(
+        f"\nconcurrency {args.concurrency} from {args.clients} client processes; "
+        f"one shim process (uvicorn, 1 worker); {os.cpu_count()} CPUs shared by all"
+    )
     print(f"{'run':<34} {'count':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for result in results:
         print(result.row())
