@@ -132,6 +132,16 @@ def test_401_comes_before_body_validation(client: TestClient) -> None:
         ),
         (_with(recipients=[{"user_id": "u1"}, {"user_id": "u1"}]), "recipients", "more than once"),
         (_with(recipients=[{"user_id": ""}]), "recipients.0.user_id", "at least 1 character"),
+        (
+            _with(recipients=[{"user_id": "u1", "email": "not-an-email"}]),
+            "recipients.0.email",
+            "should match pattern",
+        ),
+        (
+            _with(recipients=[{"user_id": "u1", "phone": "call me"}]),
+            "recipients.0.phone",
+            "should match pattern",
+        ),
         (_with(channels=[]), "channels", "at least 1 item"),
         (_with(channels=["email", "fax"]), "channels.1", "Input should be"),
         (_with(content=None), "content", "either template_id or content is required"),
