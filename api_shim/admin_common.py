@@ -16,7 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from api_shim.auth import Principal
-from api_shim.errors import ApiError
+from api_shim.errors import InvalidField
 from api_shim.idempotency import idempotent
 from api_shim.publish import produce, publish
 from api_shim.views import CompactedView
@@ -37,16 +37,8 @@ RuleIdPath = Annotated[str, id_path("The trigger rule's id.")]
 VersionPath = Annotated[int, Path(ge=1, le=1_000_000, description="A version number.")]
 
 
-class FieldProblem(ApiError):
-    """422 naming one field of the request (`detail[0].field`)."""
-
-    status_code = 422
-    error = "validation_failed"
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+# 422 naming one field of the request.
+FieldProblem = InvalidField
 
 
 def now_ms() -> int:

@@ -8,6 +8,8 @@
     ├── Conflict         409      the object exists, or the state does not allow it
     ├── PayloadTooLarge  413      the body is over the size limit
     ├── Unprocessable    422      semantically invalid (Idempotency-Key reused with another body)
+    ├── InvalidField     422      one field refused, named in `detail` (a record its schema
+    │                             refuses, a provider setting, an unreachable webhook URL)
     ├── TooManyRequests  429      over the tenant's or key's rate limit; Retry-After says when
     └── Unavailable      503      Kafka did not acknowledge in time, or the read model is down;
                                   retrying with the same Idempotency-Key is safe
@@ -76,6 +78,18 @@ class Unprocessable(ApiError):
     error = "unprocessable"
 
 
+class InvalidField(ApiError):
+    """422 naming one field of the request (`detail[0].field`), like request validation."""
+
+    status_code = 422
+    error = "validation_failed"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class TooManyRequests(ApiError):
     status_code = 429
     error = "rate_limited"
@@ -118,9 +132,8 @@ def error_response(status_code: int, body: ErrorBody, **headers: str) -> JSONRes
 
 async def _on_api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    field = getattr(exc, "field", None)
-    if field is not None:  # publish.InvalidRecord: a record its schema refuses
-        detail = [FieldError(field=field, message=getattr(exc, "problem", exc.message))]
+    if isinstance(exc, InvalidField):
+        detail = [FieldError(field=exc.field, message=exc.problem)]
         return error_response(
             exc.status_code, ErrorBody(error=exc.error, message=exc.message, detail=detail)
         )

@@ -52,9 +52,7 @@ class Recipient(BaseModel):
     user_id: Id = Field(description="The tenant's id for the user.")
     # Shape checks only (one @, a dot in the domain; digits for a phone): the provider is the
     # judge of deliverability, but obvious garbage is refused here with the field named.
-    email: str | None = Field(
-        default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-    )
+    email: str | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]{2,31}$")
     locale: str | None = Field(default=None, max_length=35, examples=["en-GB"])
     timezone: str | None = Field(default=None, max_length=64, examples=["Europe/London"])

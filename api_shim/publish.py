@@ -12,22 +12,14 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
-from api_shim.errors import ApiError, Unavailable
+from api_shim.errors import InvalidField, Unavailable
 from api_shim.producer import ProduceError, ProduceTimeout
 from schemas import RecordValidationError, RegistryUnavailableError
 from streams.tracing import child_headers
 
 
-class InvalidRecord(ApiError):
+class InvalidRecord(InvalidField):
     """The record does not fit its schema: 422 naming the field."""
-
-    status_code = 422
-    error = "validation_failed"
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 async def encode(state: State, schema: str, record: dict[str, Any]) -> bytes:

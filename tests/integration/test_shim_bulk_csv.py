@@ -8,7 +8,6 @@ notifications.batches, which proves the rows reach Kafka while the file is still
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,10 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from confluent_kafka import Producer
 
-from api_shim.app import create_app
 from api_shim.auth import new_api_key
 from api_shim.batch_registry import upload_batch_id
 from schemas import SchemaCatalog, build_codec
@@ -29,7 +26,7 @@ from streams.kafka_clients import producer_config
 from streams.provision import provision
 from streams.settings import Settings
 from tests.support.pipeline import wait_until
-from tests.support.ports import free_port
+from tests.support.shim_server import ShimServer
 from tests.support.topic_tail import Produced, TopicTail
 
 pytestmark = pytest.mark.integration
@@ -55,31 +52,6 @@ def params(upload_id: str | None = None, **extra: Any) -> dict[str, Any]:
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-class Server:
-    """The app under uvicorn in a daemon thread, on a free loopback port."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        wait_until(lambda: self.server.started, 60, "uvicorn to start")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +95,7 @@ def scoped_keys(settings: Settings) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def http(settings: Settings, scoped_keys: dict[str, Any]) -> Iterator[httpx.Client]:
     with (
-        Server(settings) as server,
+        ShimServer(settings) as server,
         httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=60) as client,
     ):
         yield client

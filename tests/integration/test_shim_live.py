@@ -10,7 +10,6 @@ onto the pipeline's topics (what the worker would write), which keeps them fast 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,18 +20,16 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from confluent_kafka import Producer
 
-from api_shim.app import create_app
 from schemas import SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
 from streams.ids import expected_partition
 from streams.kafka_clients import producer_config
 from streams.settings import Settings
 from tests.support.jwks import Issuer
-from tests.support.pipeline import Pipeline, wait_until
-from tests.support.ports import free_port
+from tests.support.pipeline import Pipeline
+from tests.support.shim_server import ShimServer
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -44,35 +41,6 @@ LATENCY_LIMIT_SECONDS = 1.0
 
 
 # -- a real server and an SSE reader -------------------------------------------------------------
-
-
-class Server:
-    """The app under uvicorn in a daemon thread, on a free loopback port."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=2,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        wait_until(lambda: self.server.started, 60, "uvicorn to start")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 @dataclass
@@ -178,8 +146,8 @@ def settings(live_pipeline: Pipeline, issuer: Issuer) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def server(settings: Settings) -> Iterator[Server]:
-    with Server(settings) as server:
+def server(settings: Settings) -> Iterator[ShimServer]:
+    with ShimServer(settings) as server:
         yield server
 
 
@@ -264,7 +232,7 @@ def bearer(issuer: Issuer, sub: str, tenant: str = "tenant-a", **kw: Any) -> dic
 # -- (a) end to end: request -> worker -> the user's stream within a second -----------------------
 
 
-def send_in_app(server: Server, user: str, text: str) -> str:
+def send_in_app(server: ShimServer, user: str, text: str) -> str:
     body = {
         "recipients": [{"user_id": user}],
         "channels": ["in_app"],
@@ -278,7 +246,7 @@ def send_in_app(server: Server, user: str, text: str) -> str:
 
 
 def test_in_app_message_reaches_the_open_stream_within_a_second(
-    server: Server, issuer: Issuer, live_pipeline: Pipeline
+    server: ShimServer, issuer: Issuer, live_pipeline: Pipeline
 ) -> None:
     # Warm up: the worker has just started (group join, table recovery).
     with stream(f"{server.url}/api/v1/me/stream", bearer(issuer, "warm-up")) as warm:
@@ -307,7 +275,7 @@ def test_in_app_message_reaches_the_open_stream_within_a_second(
 
 
 def test_resume_from_last_event_id_misses_and_repeats_nothing(
-    server: Server, issuer: Issuer, writer: Writer
+    server: ShimServer, issuer: Issuer, writer: Writer
 ) -> None:
     url = f"{server.url}/api/v1/me/stream"
     headers = bearer(issuer, "rey")
@@ -348,7 +316,7 @@ def test_resume_from_last_event_id_misses_and_repeats_nothing(
 
 
 def test_a_stream_that_saw_nothing_resumes_from_its_opening_id(
-    server: Server, issuer: Issuer, writer: Writer
+    server: ShimServer, issuer: Issuer, writer: Writer
 ) -> None:
     url = f"{server.url}/api/v1/me/stream"
     headers = bearer(issuer, "sam")
@@ -361,7 +329,7 @@ def test_a_stream_that_saw_nothing_resumes_from_its_opening_id(
         assert resumed.next().data["notification_id"] == nid
 
 
-def test_bad_last_event_id_is_400(server: Server, issuer: Issuer) -> None:
+def test_bad_last_event_id_is_400(server: ShimServer, issuer: Issuer) -> None:
     headers = bearer(issuer, "rey")
     with stream(f"{server.url}/api/v1/events/stream", KEY_A) as tenant_stream:
         tenant_id = tenant_stream.start_id
@@ -378,7 +346,7 @@ def test_bad_last_event_id_is_400(server: Server, issuer: Issuer) -> None:
 
 
 def test_tenant_stream_has_only_the_tenants_events(
-    server: Server, issuer: Issuer, writer: Writer
+    server: ShimServer, issuer: Issuer, writer: Writer
 ) -> None:
     # tenant-c: no other test (nor the worker) writes its events, so every one is accounted for.
     url = f"{server.url}/api/v1/events/stream"
@@ -411,7 +379,7 @@ def test_tenant_stream_has_only_the_tenants_events(
     assert not other & expected
 
 
-def test_stream_refusals(server: Server, issuer: Issuer) -> None:
+def test_stream_refusals(server: ShimServer, issuer: Issuer) -> None:
     me, events = f"{server.url}/api/v1/me/stream", f"{server.url}/api/v1/events/stream"
     assert httpx.get(me).status_code == 401
     assert httpx.get(events).status_code == 401
