@@ -19,7 +19,7 @@ from api_shim import errors
 from api_shim.auth import Principal, Reader, Sender
 from api_shim.batch_models import BulkParams, UploadStatus
 from api_shim.bulk_csv import CsvFormatError
-from api_shim.errors import AUTHENTICATED, ApiError, Conflict, NotFound
+from api_shim.errors import AUTHENTICATED, ApiError, Conflict, InvalidField, NotFound
 from api_shim.idempotency import IdempotencyKey, idempotent
 from api_shim.models import ErrorBody, NotificationCreate
 from api_shim.uploads import (
@@ -47,19 +47,18 @@ CSV_TYPES = ("text/csv", "application/csv")
 UploadId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-class MalformedCsv(ApiError):
+class MalformedCsv(InvalidField):
     """400 naming the row: {"error": "malformed_csv", "detail": [{"field": "row 7", ...}]}."""
 
     status_code = 400
     error = "malformed_csv"
 
     def __init__(self, upload: Upload, exc: CsvFormatError) -> None:
+        super().__init__(f"row {exc.row}", f"line {exc.line}: {exc.problem}")
         kept = (
             f"; its batch {upload.batch_id} keeps what was appended" if upload.batch_created else ""
         )
-        super().__init__(f"upload {upload.upload_id} stopped at {exc}{kept}")
-        self.field = f"row {exc.row}"
-        self.problem = f"line {exc.line}: {exc.problem}"
+        self.message = f"upload {upload.upload_id} stopped at {exc}{kept}"
 
 
 class UnsupportedMediaType(ApiError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.types import EventT, StreamT
@@ -50,14 +51,33 @@ async def park(
     return due
 
 
+async def until_due(record: dict[str, Any]) -> None:
+    """Waits for the record's `not_before`. Holding the partition is the point: everything
+    behind it in this tier is due no earlier (± the tier's span)."""
+    wait_ms = (record.get("not_before") or 0) - now_ms()
+    if wait_ms > 0:
+        await asyncio.sleep(wait_ms / 1000)
+
+
+def register_release_agent(
+    source: str, name: str, stage: str, release: Callable[[EventT], Awaitable[None]]
+) -> None:
+    """One agent per retry tier topic, one event at a time (in order, per partition)."""
+
+    async def run(stream: StreamT) -> None:
+        async for event in stream.events():
+            await guarded(stage, event, release)
+            await asyncio.sleep(0)  # see streams/lane_agents.py
+
+    run.__name__ = run.__qualname__ = name.replace("-", "_")
+    app.agent(topics.source(source), name=name, concurrency=1)(run)
+
+
 async def release(event: EventT) -> None:
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
-    wait_ms = (notification.get("not_before") or 0) - now_ms()
-    if wait_ms > 0:
-        # Holding this partition is the point: everything behind is due no earlier (± span).
-        await asyncio.sleep(wait_ms / 1000)
+    await until_due(notification)
     target = delivery_topic(notification["channel"], lane_of(notification))
     await topics.sink(target).send(
         key=event.key, value=notification, headers=outgoing_headers(event)
@@ -65,19 +85,8 @@ async def release(event: EventT) -> None:
     metrics.processed(STAGE, "released", notification["occurred_at"])
 
 
-def _register(tier: str) -> None:
-    async def run(stream: StreamT) -> None:
-        async for event in stream.events():
-            await guarded(STAGE, event, release)
-            await asyncio.sleep(0)  # see streams/lane_agents.py
-
-    name = f"retry-{tier}"
-    run.__name__ = run.__qualname__ = name.replace("-", "_")
-    app.agent(topics.source(f"notifications.retry.{tier}"), name=name, concurrency=1)(run)
-
-
 # Retries are released once, by the transactional workers (the bulk lane's deliver stage
 # parks here too; the released notification goes back to its own lane's topic).
 if settings.worker_lane != "bulk":
     for _tier, _ in TIERS:
-        _register(_tier)
+        register_release_agent(f"notifications.retry.{_tier}", f"retry-{_tier}", STAGE, release)

@@ -12,16 +12,15 @@ behind another by about the tier's span at most, and never behind fresh deliveri
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from faust.types import EventT, StreamT
+from faust.types import EventT
 
 from streams import metrics
-from streams.app import app, topics
-from streams.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
-from streams.retry import TIERS, backoff_seconds, tier_for
+from streams.app import topics
+from streams.events import decode_or_dead_letter, outgoing_headers
+from streams.retry import TIERS, backoff_seconds, register_release_agent, tier_for, until_due
 from streams.webhook_rules import Answer, Outcome
 
 STAGE = "webhook-retry"
@@ -67,10 +66,7 @@ async def release(event: EventT) -> None:
     job = await decode_or_dead_letter(event, "WebhookDelivery", STAGE)
     if job is None:
         return
-    wait_ms = (job.get("not_before") or 0) - now_ms()
-    if wait_ms > 0:
-        # Holding this partition is the point: everything behind is due no earlier (± span).
-        await asyncio.sleep(wait_ms / 1000)
+    await until_due(job)
     await topics.sink("webhooks.outgoing").send(
         key=event.key, value=job, headers=outgoing_headers(event)
     )
@@ -79,15 +75,4 @@ async def release(event: EventT) -> None:
 
 def register_release_agents() -> None:
     for tier, _span in TIERS:
-        _register(tier)
-
-
-def _register(tier: str) -> None:
-    async def run(stream: StreamT) -> None:
-        async for event in stream.events():
-            await guarded(STAGE, event, release)
-            await asyncio.sleep(0)  # see streams/lane_agents.py
-
-    name = f"webhook-retry-{tier}"
-    run.__name__ = run.__qualname__ = name.replace("-", "_")
-    app.agent(topics.source(f"webhooks.retry.{tier}"), name=name, concurrency=1)(run)
+        register_release_agent(f"webhooks.retry.{tier}", f"webhook-retry-{tier}", STAGE, release)
