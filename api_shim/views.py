@@ -8,6 +8,10 @@ request authenticates the next; other shim processes see it as soon as they read
 The view has no consumer group (partitions are assigned, offsets never committed): every shim
 process reads the whole topic. Start-up waits until the view has read up to the end offsets it
 found (`wait_caught_up`), so a restarted shim never refuses a key it had accepted before.
+
+The workers' equivalent is streams/replicated.py (aiokafka, on the worker's event loop). The
+shim's views are read from threadpool code as much as from the event loop and the shim's
+Kafka client is confluent-kafka, so this one is a thread with a dict behind a lock.
 """
 
 from __future__ import annotations
@@ -121,10 +125,14 @@ class CompactedView:
             self.error = None
             while not self._stop.is_set():
                 message = consumer.poll(0.2)
-                if message is not None and self._take(message):
-                    partition, offset = message.partition(), message.offset()
-                    if partition in ends and offset is not None and offset + 1 >= ends[partition]:
-                        del ends[partition]
+                if message is not None:
+                    self._take(message)
+                if ends:
+                    # The consumer's position, not the last offset seen: compaction and
+                    # transaction markers leave gaps before the end offset.
+                    for tp in consumer.position([TopicPartition(self.topic, p) for p in ends]):
+                        if tp.offset >= ends[tp.partition]:
+                            del ends[tp.partition]
                 if not ends and not self._caught_up.is_set():
                     log.info("view of %s caught up: %d records", self.topic, len(self._records))
                     self._caught_up.set()
@@ -151,23 +159,21 @@ class CompactedView:
         )
         return ends
 
-    def _take(self, message: Any) -> bool:
-        """Applies one message; False for an error event (it has no offset)."""
+    def _take(self, message: Any) -> None:
         if message.error() is not None:
             if message.error().code() != KafkaError._PARTITION_EOF:
                 log.warning("view of %s: %s", self.topic, message.error())
-            return False
+            return
         key = message.key().decode() if message.key() else None
         value = message.value()
         if key is None:
-            return True
+            return
         if value is None:
             self.apply(key, None)
-            return True
+            return
         try:
             record = self._codec.decode(value, self._schema)
         except Exception as exc:  # a bad record must not stop the view; it is skipped
             log.warning("view of %s: skipping undecodable record at %s: %s", self.topic, key, exc)
-            return True
+            return
         self.apply(key, record if self._keep(record) else None)
-        return True
