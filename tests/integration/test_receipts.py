@@ -92,3 +92,21 @@ def test_receipts_for_unknown_or_foreign_notifications_are_dead_lettered(
     assert any("not tenant 'acme'" in e for e in errors)
     pipeline.poll_statuses()
     assert "delivered" not in pipeline.latest(foreign)
+
+
+def test_one_tenants_event_id_does_not_pre_empt_anothers_receipt(pipeline: Pipeline) -> None:
+    """Dedup is per notification: a tenant replaying another tenant's provider event id on its
+    own notification (possible with its own provider account) must not swallow the real one."""
+    mine = request_record("carol", tenant="acme")
+    theirs = request_record("dave", tenant="globex")
+    pipeline.produce_record("notifications.requests", "acme:carol", mine)
+    pipeline.produce_record("notifications.requests", "globex:dave", theirs)
+    pipeline.flush()
+    mine_id = notification_id(mine["request_id"], "carol", "email")
+    theirs_id = notification_id(theirs["request_id"], "dave", "email")
+    pipeline.wait_for_status([mine_id, theirs_id], {"sent"})
+
+    publish(pipeline, [sendgrid_event(mine_id, "delivered", "evt-shared")])
+    pipeline.wait_for_status([mine_id], {"delivered"})
+    publish(pipeline, [sendgrid_event(theirs_id, "delivered", "evt-shared", tenant_id="globex")])
+    pipeline.wait_for_status([theirs_id], {"delivered"})
