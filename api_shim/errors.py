@@ -184,6 +184,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
+# Pass to `responses()` for any authenticated endpoint: adds 401 and 429.
+AUTHENTICATED = 0
+
+
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the error codes a route can answer."""
     descriptions = {
@@ -202,9 +206,10 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         "Retrying with the same Idempotency-Key is safe.",
     }
     out: dict[int | str, dict[str, Any]] = {}
-    for code in sorted({*codes, 401, 429} if _AUTHENTICATED in codes else set(codes)):
-        if code == _AUTHENTICATED:
-            continue
+    wanted = set(codes)
+    if AUTHENTICATED in wanted:
+        wanted = (wanted - {AUTHENTICATED}) | {401, 429}
+    for code in sorted(wanted):
         entry: dict[str, Any] = {"model": ErrorBody, "description": descriptions[code]}
         if code == 429:
             entry["headers"] = {
@@ -212,8 +217,3 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             }
         out[code] = entry
     return out
-
-
-# Pass to `responses()` for any authenticated endpoint: adds 401 and 429.
-_AUTHENTICATED = 0
-AUTHENTICATED = _AUTHENTICATED

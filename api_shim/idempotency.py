@@ -41,6 +41,7 @@ IdempotencyKey = Annotated[
 ]
 
 _locks: dict[str, asyncio.Lock] = {}
+_lock_users: dict[str, int] = {}  # holders and waiters per key: idle locks are dropped
 
 
 def fresh(record: dict[str, Any], now_ms: int | None = None) -> bool:
@@ -73,6 +74,7 @@ async def idempotent(
     view_key = f"{principal.tenant_id}:{key}"
     digest = request_sha256 or body_sha256(await request.body())
     lock = _locks.setdefault(view_key, asyncio.Lock())
+    _lock_users[view_key] = _lock_users.get(view_key, 0) + 1
     async with lock:
         try:
             stored = state.views[TOPIC].get(view_key)
@@ -108,5 +110,6 @@ async def idempotent(
                 state.views[TOPIC].apply(view_key, record)
             return JSONResponse(status_code=status, content=content)
         finally:
-            if not lock._waiters:
-                _locks.pop(view_key, None)
+            _lock_users[view_key] -= 1
+            if not _lock_users[view_key]:
+                del _lock_users[view_key], _locks[view_key]
