@@ -121,7 +121,9 @@ class NotificationCreate(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
     providers: dict[Channel, Id] = Field(
         default_factory=dict,
-        description="Per channel, the provider id to try first (then the tenant's order).",
+        description="Per channel, the provider to try first (then the tenant's order): one "
+        "of the tenant's own ('sendgrid-eu' or '<tenant>:sendgrid-eu'), a platform one "
+        "('*:<name>') or an environment one ('env:<name>'). Another tenant's is refused (422).",
     )
     fallback_channels: list[Channel] = Field(
         default_factory=list,

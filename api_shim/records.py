@@ -7,8 +7,10 @@ import time
 import uuid
 from typing import Any
 
+from api_shim.errors import InvalidField
 from api_shim.models import NotificationCreate, NotificationRef
 from streams.ids import notification_id
+from streams.providers import foreign_override
 
 _REQUEST_IDS = uuid.UUID("0b7e7d8e-3c55-4d1e-9f7a-51a3a4c1e2f0")
 
@@ -21,10 +23,25 @@ def request_id_for(tenant_id: str, idempotency_key: str | None) -> str:
     return str(uuid.uuid5(_REQUEST_IDS, f"{tenant_id}:{idempotency_key}"))
 
 
+def check_providers(body: NotificationCreate, tenant_id: str, field: str = "providers") -> None:
+    """422 for an override naming another tenant's provider (the tenant is the caller's, so
+    the model alone cannot judge). The worker ignores such an override too."""
+    for channel, provider_id in body.providers.items():
+        if foreign_override(provider_id, tenant_id):
+            raise InvalidField(
+                f"{field}.{channel.value}",
+                f"{provider_id!r} is not one of this tenant's providers; name your own "
+                f"('<name>' or '{tenant_id}:<name>'), a platform one ('*:<name>') or an "
+                "environment one ('env:<name>')",
+            )
+
+
 def request_record(
     body: NotificationCreate, *, tenant_id: str, idempotency_key: str | None
 ) -> dict[str, Any]:
-    """A NotificationRequest record (schemas/notification_request.avsc) as the codec takes it."""
+    """A NotificationRequest record (schemas/notification_request.avsc) as the codec takes it;
+    InvalidField for a provider override the tenant may not use."""
+    check_providers(body, tenant_id)
     idempotency_key = idempotency_key or body.idempotency_key
     return {
         "request_id": request_id_for(tenant_id, idempotency_key),

@@ -36,11 +36,10 @@ from api_shim.batch_models import (
 )
 from api_shim.batch_progress import TOPIC as EVENTS
 from api_shim.batch_progress import BatchEventsView, batch_progress
-from api_shim.errors import AUTHENTICATED, PayloadTooLarge
+from api_shim.errors import AUTHENTICATED, InvalidField, PayloadTooLarge
 from api_shim.idempotency import IdempotencyKey, idempotent
 from api_shim.models import FieldError, NotificationCreate
-from api_shim.publish import InvalidRecord
-from api_shim.records import request_record
+from api_shim.records import check_providers, request_record
 from api_shim.routes import produce_request
 from api_shim.views import CompactedView
 from streams.batch_client import (
@@ -165,7 +164,8 @@ async def _send_item(
     key = f"{idempotency_key}:{index}" if idempotency_key else None
     try:
         accepted = await produce_request(state, parsed, caller, key, traceparent)
-    except InvalidRecord as exc:  # the schema refused what the model let through
+    # The schema refused what the model let through, or the override is another tenant's.
+    except InvalidField as exc:
         return ItemResult(
             index=index,
             status="rejected",
@@ -267,6 +267,8 @@ async def append_chunk(
     limit = state.settings.shim_batch_chunk_max
     if len(body) > limit:
         raise PayloadTooLarge(f"the chunk has {len(body)} requests; at most {limit} per chunk")
+    for index, item in enumerate(body):  # fields named "<index>.<field>", as validation does
+        check_providers(item, caller.tenant_id, field=f"{index}.providers")
 
     async def append() -> tuple[int, ChunkAccepted]:
         registry.check_allows(registry.owned(state, caller.tenant_id, batch_id), "append")

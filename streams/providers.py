@@ -44,11 +44,37 @@ class Candidate:
     rate_per_sec: float | None
 
 
+ENV_SCOPE = "env"
+
+
+def foreign_override(override: str, tenant_id: str) -> bool:
+    """True when an override names another tenant's provider ("globex:sendgrid" sent by acme).
+
+    A request may name only its own tenant's providers (bare "sendgrid-eu" or
+    "acme:sendgrid-eu"), platform-wide ones ("*:twilio") or this process's ("env:smtp"):
+    using another tenant's would spend its credentials, rate buckets and breaker."""
+    scope, colon, _ = override.partition(":")
+    return bool(colon) and scope not in (tenant_id, GLOBAL_TENANT, ENV_SCOPE)
+
+
 def resolve_override(
     override: str, tenant_id: str, configs: dict[str, dict[str, Any]], env_ids: Iterable[str]
 ) -> str | None:
-    """A request's override ("sendgrid-eu", "*:twilio", "env:smtp") as a provider id."""
-    if ":" in override:
+    """A request's override ("sendgrid-eu", "*:twilio", "env:smtp") as a provider id; None
+    for another tenant's id, an "env:" id this process lacks, or a bare name matching nothing."""
+    if foreign_override(override, tenant_id):
+        # Upstream services publish requests straight to Kafka: the shim's 422 is not enough.
+        log.warning(
+            "tenant %s: provider override %r names another tenant's provider; ignored",
+            tenant_id,
+            override,
+        )
+        return None
+    scope, colon, _ = override.partition(":")
+    if colon and scope == ENV_SCOPE and scope != tenant_id:
+        # Only this process's providers: a tenant whose id is "env" owns "env:<name>" configs.
+        return override if override in set(env_ids) else None
+    if colon:
         return override
     for candidate in (f"{tenant_id}:{override}", f"{GLOBAL_TENANT}:{override}"):
         if candidate in configs:

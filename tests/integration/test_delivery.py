@@ -55,10 +55,20 @@ class Peers:
         self.rejecting = HttpPeer(Reply(400, json={"error": "unknown subscriber"})).start()
         self.spare = HttpPeer().start()
         self.fallback = HttpPeer().start()
+        self.victim = HttpPeer().start()  # another tenant's provider: must never be called
+        self.intruder = HttpPeer().start()
         self.dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens
 
     def stop(self) -> None:
-        for peer in (self.flaky, self.failing_over, self.rejecting, self.spare, self.fallback):
+        for peer in (
+            self.flaky,
+            self.failing_over,
+            self.rejecting,
+            self.spare,
+            self.fallback,
+            self.victim,
+            self.intruder,
+        ):
             peer.stop()
 
 
@@ -95,6 +105,8 @@ def pipeline(
         provider_config("permanent", "secondary", f"{peers.spare.url}/hook", priority=1),
         provider_config("poison", "hook", f"{peers.spare.url}/poison"),
         provider_config("fallback", "hook", f"{peers.rejecting.url}/hook"),
+        provider_config("victim", "hook", f"{peers.victim.url}/hook"),
+        provider_config("intruder", "own", f"{peers.intruder.url}/hook"),
     ]
     for config in configs:
         key = f"{config['tenant_id']}:{config['provider_id']}"
@@ -222,6 +234,19 @@ def test_failed_channel_falls_back_to_the_next_allowed_channel(
     failed = next(s for s in statuses(pipeline, nid) if s["status"] == "failed")
     assert fallback_id in failed["reason"]
     wait_until(lambda: smtp.by_notification_id().get(fallback_id), 30, "the fallback email")
+
+
+def test_an_override_naming_another_tenants_provider_is_ignored(
+    pipeline: Pipeline, peers: Peers
+) -> None:
+    # Published straight to Kafka, as an upstream service would: no shim to refuse it.
+    nid = send_webhook(pipeline, "intruder", "u1", provider_overrides={"webhook": "victim:hook"})
+    pipeline.wait_for_status([nid], {"delivered", "failed"}, timeout=60)
+    done = next(s for s in statuses(pipeline, nid) if s["status"] in {"delivered", "failed"})
+    assert done["status"] == "delivered", done
+    assert "victim" not in (done["reason"] or "")
+    assert [r.json()["notification_id"] for r in peers.intruder.requests] == [nid]
+    assert peers.victim.requests == []
 
 
 def test_secrets_never_reach_status_events(pipeline: Pipeline) -> None:

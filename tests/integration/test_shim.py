@@ -138,6 +138,31 @@ def test_post_is_acknowledged_and_written_to_the_request_topic(
     assert abs(record["occurred_at"] - time.time() * 1000) < 60_000
 
 
+def test_an_override_naming_another_tenants_provider_is_refused(
+    client: TestClient, settings: Settings
+) -> None:
+    body = {
+        "recipients": [{"user_id": "u3", "email": "u3@example.com"}],
+        "channels": ["email", "sms"],
+        "content": {"subject": "Hi", "text": "Hello"},
+        "providers": {"email": "tenant-a:sendgrid", "sms": "tenant-b:twilio"},
+    }
+    refused = client.post("/api/v1/notifications", json=body, headers=KEY_A)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()
+    assert error["error"] == "validation_failed"
+    assert [d["field"] for d in error["detail"]] == ["providers.sms"]
+    assert "'tenant-b:twilio' is not one of this tenant's providers" in error["message"]
+
+    # The caller's own ids, bare names, platform-wide and environment ones go through as given.
+    own = {"email": "tenant-a:sendgrid", "sms": "*:twilio", "push": "fcm", "chat": "env:slack"}
+    body = {**body, "channels": ["email", "sms", "push", "chat"], "providers": own}
+    accepted = client.post("/api/v1/notifications", json=body, headers=KEY_A)
+    assert accepted.status_code == 202, accepted.text
+    _msg, record = read_request(settings, accepted.json()["request_id"])
+    assert record["provider_overrides"] == own
+
+
 def test_status_is_served_after_the_sink_wrote_it(
     client: TestClient, settings: Settings, sink: None
 ) -> None:

@@ -251,6 +251,40 @@ def test_send_many_all_valid_is_202_and_the_limits_and_refusals(
     )
 
 
+def test_send_many_and_chunks_refuse_another_tenants_provider(
+    client: TestClient, commands: TopicTail, requests_topic: TopicTail
+) -> None:
+    foreign = {"providers": {"email": "tenant-b:sendgrid"}}
+    many = client.post(
+        "/api/v1/notifications/batch",
+        json={"notifications": [item("f1", providers={"email": "own"}), item("f2", **foreign)]},
+        headers=KEY_A,
+    )
+    assert many.status_code == 207, many.text
+    ok, refused = many.json()["results"]
+    assert (ok["status"], refused["status"]) == ("accepted", "rejected")
+    assert [e["field"] for e in refused["errors"]] == ["providers.email"]
+    assert "tenant-b:sendgrid" in refused["errors"][0]["message"]
+
+    batch_id, token = create_batch(client)
+    chunk = client.post(
+        f"/api/v1/batches/{batch_id}/chunks",
+        json=[item("f3"), item("f4", **foreign)],
+        headers={**KEY_A, "X-Batch-Token": token},
+    )
+    fields = [d["field"] for d in assert_error(chunk, 422, "validation_failed")["detail"]]
+    assert fields == ["1.providers.email"]
+    commands.poll(1.0)
+    assert of_batch(commands, batch_id, "append") == []
+    sent = requests_topic.wait_for(
+        lambda msgs: [m for m in msgs if m.value["request_id"] == ok["request_id"]], "f1"
+    )
+    assert sent[0].value["provider_overrides"] == {"email": "own"}
+    requests_topic.poll(0.5)
+    users = {m.value["recipients"][0]["user_id"] for m in requests_topic.messages}
+    assert "f2" not in users
+
+
 # -- batches -------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from streams.breakers import BreakerPolicy, CircuitBreaker
 from streams.fallback import fallback_notification
-from streams.providers import candidate_ids
+from streams.providers import candidate_ids, foreign_override
 from streams.rate_limits import RateLimits, TokenBucket
 from streams.retry import backoff_seconds, tier_for
 from streams.sealing import SealingError, SecretBox, new_key
@@ -82,21 +82,67 @@ def test_provider_order(
     assert ids == expected
 
 
-def test_another_tenants_providers_are_never_candidates() -> None:
+@pytest.mark.parametrize("override", ["acme:ses", "acme:sendgrid", "acme:nonesuch", "env:ses"])
+def test_another_tenants_providers_are_never_candidates(override: str) -> None:
     ids = candidate_ids(
         tenant_id="globex",
         channel="email",
-        override="acme:ses",
+        override=override,
         configs=CONFIGS,
         defaults={},
         env_channels=ENV,
     )
-    # An explicit id is honoured only if it is usable; acme's config is not globex's.
-    assert "acme:sendgrid" not in ids and ids[1:] == [
-        "globex:mailgun",
-        "*:platform-sendgrid",
-        "env:smtp",
-    ]
+    # The whole list: acme's configs are not globex's, even named explicitly (HIGH 1).
+    assert ids == ["globex:mailgun", "*:platform-sendgrid", "env:smtp"]
+
+
+@pytest.mark.parametrize(
+    ("override", "first"),
+    [
+        ("globex:mailgun", "globex:mailgun"),
+        ("mailgun", "globex:mailgun"),
+        ("*:platform-sendgrid", "*:platform-sendgrid"),
+        ("env:smtp", "env:smtp"),
+    ],
+)
+def test_own_platform_and_env_overrides_come_first(override: str, first: str) -> None:
+    ids = candidate_ids(
+        tenant_id="globex",
+        channel="email",
+        override=override,
+        configs=CONFIGS,
+        defaults={},
+        env_channels=ENV,
+    )
+    assert ids[0] == first and not any(pid.startswith("acme:") for pid in ids)
+
+
+def test_a_tenant_named_env_does_not_lend_its_providers_through_env_ids() -> None:
+    configs = {**CONFIGS, "env:relay": config("env", "relay")}
+    ids = candidate_ids(
+        tenant_id="globex",
+        channel="email",
+        override="env:relay",
+        configs=configs,
+        defaults={},
+        env_channels=ENV,
+    )
+    assert ids == ["globex:mailgun", "*:platform-sendgrid", "env:smtp"]
+
+
+@pytest.mark.parametrize(
+    ("override", "foreign"),
+    [
+        ("acme:ses", True),
+        ("globex:mailgun", False),
+        ("mailgun", False),
+        ("*:twilio", False),
+        ("env:smtp", False),
+        (":ses", True),
+    ],
+)
+def test_foreign_override(override: str, foreign: bool) -> None:
+    assert foreign_override(override, "globex") is foreign
 
 
 def test_breaker_opens_on_error_rate_then_half_opens_for_one_trial() -> None:
