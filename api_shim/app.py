@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api_shim import errors, idempotency
 from api_shim.auth import jwt_verifier
+from api_shim.idempotency_view import answer_view
 from api_shim.limits import BodySizeLimit, limit_for_path
 from api_shim.producer import AsyncProducer
 from api_shim.routes import router
@@ -136,12 +137,9 @@ def _start_views(
     settings: Settings, topics: TopicCatalog, codec: Codec
 ) -> dict[str, CompactedView]:
     views = {
-        logical: CompactedView(
-            settings,
-            topics.name(logical),
-            schema,
-            codec,
-            keep=idempotency.fresh if logical == idempotency.TOPIC else lambda _r: True,
+        # The idempotency answers' view is bounded (TTL and bytes): it grows with traffic.
+        logical: (answer_view if logical == idempotency.TOPIC else CompactedView)(
+            settings, topics.name(logical), schema, codec
         )
         for logical, schema in VIEWS.items()
     }

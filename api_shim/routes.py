@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api_shim import errors
 from api_shim.auth import Principal, Reader, Sender
 from api_shim.errors import AUTHENTICATED, NotFound, Unavailable
-from api_shim.idempotency import IdempotencyKey, idempotent
+from api_shim.idempotency import IdempotencyKey, Packing, idempotent
 from api_shim.models import Accepted, NotificationCreate, NotificationOut
 from api_shim.publish import publish
 from api_shim.records import notification_refs, request_record
@@ -51,7 +52,21 @@ async def send_notification(
             request.app.state, body, caller, idempotency_key, traceparent
         )
 
-    return await idempotent(request, caller, idempotency_key, send)
+    return await idempotent(request, caller, idempotency_key, send, packing=accepted_packing(body))
+
+
+def accepted_packing(body: NotificationCreate) -> Packing:
+    """Only the request id is kept for a replay: the ids (up to 1,000 recipients x 8 channels,
+    over a Kafka record's 1 MB) are derived again from it and the same body."""
+    return Packing(
+        pack=lambda answer: {"request_id": answer["request_id"]},
+        unpack=lambda packed: jsonable_encoder(
+            Accepted(
+                request_id=packed["request_id"],
+                notifications=notification_refs(packed["request_id"], body),
+            )
+        ),
+    )
 
 
 async def produce_request(

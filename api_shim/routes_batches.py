@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -37,9 +38,9 @@ from api_shim.batch_models import (
 from api_shim.batch_progress import TOPIC as EVENTS
 from api_shim.batch_progress import BatchEventsView, batch_progress
 from api_shim.errors import AUTHENTICATED, InvalidField, PayloadTooLarge
-from api_shim.idempotency import IdempotencyKey, idempotent
+from api_shim.idempotency import IdempotencyKey, Packing, idempotent
 from api_shim.models import FieldError, NotificationCreate
-from api_shim.records import check_providers, request_record
+from api_shim.records import check_providers, notification_refs, request_record
 from api_shim.routes import produce_request
 from api_shim.views import CompactedView
 from streams.batch_client import (
@@ -142,7 +143,30 @@ async def send_many(
         )
         return (202 if accepted == len(results) else 207), result
 
-    return await idempotent(request, caller, idempotency_key, send)
+    return await idempotent(
+        request, caller, idempotency_key, send, packing=_send_many_packing(body)
+    )
+
+
+def _send_many_packing(body: SendMany) -> Packing:
+    """Kept without each accepted item's ids (up to 100 x 1,000 x 8): a replay derives them
+    again from the item and its request id, as send one's replay does."""
+
+    def pack(answer: dict[str, Any]) -> dict[str, Any]:
+        results = [{k: v for k, v in r.items() if k != "notifications"} for r in answer["results"]]
+        return {**answer, "results": results}
+
+    def unpack(packed: dict[str, Any]) -> dict[str, Any]:
+        results = []
+        for result in packed["results"]:
+            refs: list[Any] = []
+            if result["status"] == "accepted":
+                item = NotificationCreate.model_validate(body.notifications[result["index"]])
+                refs = notification_refs(result["request_id"], item)
+            results.append(ItemResult.model_validate({**result, "notifications": refs}))
+        return jsonable_encoder(SendManyResult.model_validate({**packed, "results": results}))
+
+    return Packing(pack=pack, unpack=unpack)
 
 
 async def _send_item(

@@ -26,6 +26,10 @@ class TopicSpec(BaseModel):
     replication_factor: int
     cleanup_policy: Literal["delete", "compact", "compact,delete"]
     retention_ms: int | None = None
+    # Deletion (retention.*) only removes closed segments: a short segment.ms bounds how long
+    # past retention_ms a record lingers; retention.bytes bounds a partition's size.
+    segment_ms: int | None = None
+    retention_bytes: int | None = None
     key: str
     value_schema: str | None
     doc: str = ""
@@ -34,6 +38,10 @@ class TopicSpec(BaseModel):
         config: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
         if self.retention_ms is not None:
             config["retention.ms"] = str(self.retention_ms)
+        if self.segment_ms is not None:
+            config["segment.ms"] = str(self.segment_ms)
+        if self.retention_bytes is not None:
+            config["retention.bytes"] = str(self.retention_bytes)
         return config
 
 

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     shim_public_url: str | None = None
     # How long the shim waits at start-up for its views of config topics to catch up.
     shim_view_catchup_seconds: float = 30.0
+    # Memory for the answers kept for Idempotency-Keys (each process holds all of them);
+    # past it the oldest are evicted before their 24 h are up.
+    shim_idempotency_max_bytes: int = 64 * 1024 * 1024
 
     log_level: str = "INFO"
 
