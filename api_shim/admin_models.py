@@ -284,8 +284,9 @@ class ProviderOut(BaseModel):
 
 
 class TriggerRuleIn(Rule):
-    """One rule of the rules file (docs/triggers.md): `name` is the rule id from the path,
-    `tenant` defaults to `{"path": "tenant_id"}` and must be a path."""
+    """One rule of the rules file (docs/triggers.md): `name` is the rule id from the path;
+    `tenant` is best left out: the topic's tenant field (set by the operator) is used, and
+    any other path or a fixed value is refused."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -2,7 +2,8 @@
 
 The body is one rule of the rules file (streams.trigger_rules.Rule, docs/triggers.md),
 validated by the same function the worker applies to the record (`tenant_rule`): the rule
-reads its tenant from the event and only ever matches that tenant's events.
+reads its tenant from the topic's tenant field, which the operator sets in topics.yaml
+(`tenant_field`, default `tenant_id`), and only ever matches that tenant's events.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ def _own(request: Request, caller: Principal, rule_id: str) -> dict[str, Any]:
         **errors.responses(AUTHENTICATED, 403, 422, 503),
     },
     summary="Create or replace a trigger rule",
-    description="One rule of the rules file (docs/triggers.md). `name` is the rule id; "
-    '`tenant` defaults to `{"path": "tenant_id"}` and must be a path: the rule matches '
-    "only events whose tenant path holds your tenant id (a fixed `tenant.value` is refused). "
+    description="One rule of the rules file (docs/triggers.md). `name` is the rule id. "
+    "The rule matches only events whose tenant field holds your tenant id; the operator "
+    "sets that field per topic (default `tenant_id`), so leave `tenant` out: another "
+    "`tenant.path`, or a fixed `tenant.value`, is refused. "
     "`topic` must be an upstream JSON topic of topics.yaml. Workers apply the rule as soon "
     "as they read it, without a restart. 201 when created.",
 )

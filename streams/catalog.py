@@ -32,6 +32,9 @@ class TopicSpec(BaseModel):
     retention_bytes: int | None = None
     key: str
     value_schema: str | None
+    # Upstream JSON topics only: the dotted path of the field that names an event's tenant.
+    # The operator sets it; tenants' trigger rules only see events whose field holds their id.
+    tenant_field: str = "tenant_id"
     doc: str = ""
 
     def kafka_config(self) -> dict[str, str]:

@@ -3,7 +3,8 @@
 The file's model (pydantic; a bad file is an error naming the rule and field) and the pure
 functions that match an event and build a NotificationRequest from it. Tenants' own rules
 (config.trigger-rules, written by the admin API) use the same model, confined to their
-tenant's events (`tenant_rule`, `TenantRules`). The agent that applies them is
+tenant's events by the topic's operator-defined tenant field (`tenant_rule`, `confine`,
+`TenantRules`). The agent that applies them is
 streams.triggers; the format is in docs/triggers.md.
 """
 
@@ -254,7 +255,12 @@ def build_request(
 
 # -- tenants' rules (config.trigger-rules) ------------------------------------------------------
 
-DEFAULT_TENANT_PATH = "tenant_id"
+
+def tenant_field(topic_catalog: TopicCatalog, topic: str) -> str:
+    """The path that names an event's tenant on `topic`: `tenant_field` in topics.yaml (the
+    operator's, default `tenant_id`). Never the rule's: a tenant choosing it could point it
+    at a field another tenant's events fill in (`note: acme`) and claim those events."""
+    return topic_catalog[topic].tenant_field
 
 
 class TenantRuleError(TriggerConfigError):
@@ -268,43 +274,53 @@ class TenantRuleError(TriggerConfigError):
 
 def tenant_rule(tenant_id: str, rule_id: str, raw: Any, topic_catalog: TopicCatalog) -> Rule:
     """A tenant's rule, validated: the file's model, named `rule_id`, with the tenant read from
-    the event (`tenant.path`, default `tenant_id`). A fixed tenant (`tenant.value`) is refused:
-    upstream topics are shared, so it would turn other tenants' events into this tenant's
-    notifications. Raises TenantRuleError naming the field."""
+    the topic's tenant field (`tenant_field`). `tenant` may be left out or name that field; a
+    fixed tenant (`tenant.value`) or another path is refused: upstream topics are shared, so
+    either would turn other tenants' events into this tenant's notifications. Raises
+    TenantRuleError naming the field."""
     if not isinstance(raw, dict):
         raise TenantRuleError("(the rule)", "expected an object")
     if raw.get("name") not in (None, rule_id):
         raise TenantRuleError("name", f"must be the rule id {rule_id!r} (or left out)")
-    data = {**raw, "name": rule_id, "tenant": raw.get("tenant") or {"path": DEFAULT_TENANT_PATH}}
+    given = raw.get("tenant")
+    data = {**raw, "name": rule_id, "tenant": given or {"path": "tenant_id"}}
     try:
         rule = Rule.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "(the rule)"
         raise TenantRuleError(field, str(error["msg"]).removeprefix("Value error, ")) from None
-    path = rule.tenant.path
-    if path is None:
+    if rule.tenant.path is None:
         raise TenantRuleError(
             "tenant.value",
-            "a tenant's rule reads the tenant from the event (tenant.path), so it only ever "
-            "matches that tenant's own events; a fixed tenant is for the operator's rules file",
+            "a tenant's rule reads the tenant from the event, so it only ever matches that "
+            "tenant's own events; a fixed tenant is for the operator's rules file",
         )
-    if rule.when.get(path, tenant_id) != tenant_id:
-        raise TenantRuleError(f"when.{path}", f"a tenant's rule only matches {tenant_id!r}")
     problem = upstream_problem(topic_catalog, rule.topic)
     if problem is not None:
         raise TenantRuleError("topic", problem)
-    return rule
+    path = tenant_field(topic_catalog, rule.topic)
+    if given and rule.tenant.path != path:
+        raise TenantRuleError(
+            "tenant.path",
+            f"the tenant of {rule.topic} events is read from {path!r}, set by the operator "
+            "(topics.yaml tenant_field); leave tenant out",
+        )
+    if rule.when.get(path, tenant_id) != tenant_id:
+        raise TenantRuleError(f"when.{path}", f"a tenant's rule only matches {tenant_id!r}")
+    return rule.model_copy(update={"tenant": TenantSpec(path=path)})
 
 
-def confine(rule: Rule, tenant_id: str) -> Rule:
-    """The tenant's rule as the worker runs it: it matches only events whose tenant path holds
-    `tenant_id`, and is named `tenant_id:rule_id` (its request ids and metadata.trigger)."""
-    assert rule.tenant.path is not None, "tenant_rule() refuses fixed tenants"
+def confine(rule: Rule, tenant_id: str, topic_catalog: TopicCatalog) -> Rule:
+    """The tenant's rule as the worker runs it: it matches only events whose operator-defined
+    tenant field (`tenant_field`, whatever the rule says) holds `tenant_id`, its requests are
+    that tenant's, and it is named `tenant_id:rule_id` (its request ids and metadata.trigger)."""
+    path = tenant_field(topic_catalog, rule.topic)
     return rule.model_copy(
         update={
             "name": f"{tenant_id}:{rule.name}",
-            "when": {**rule.when, rule.tenant.path: tenant_id},
+            "when": {**rule.when, path: tenant_id},
+            "tenant": TenantSpec(value=tenant_id),
         }
     )
 
@@ -331,9 +347,8 @@ class TenantRules:
             return
         try:
             raw = json.loads(new["rule_json"])
-            self._rules[key] = confine(
-                tenant_rule(tenant_id, rule_id, raw, self._catalog), tenant_id
-            )
+            rule = tenant_rule(tenant_id, rule_id, raw, self._catalog)
+            self._rules[key] = confine(rule, tenant_id, self._catalog)
         except (ValueError, TriggerConfigError) as exc:
             log.warning("trigger rule %r ignored: %s", key, exc)
 

@@ -744,6 +744,7 @@ def test_trigger_rules_are_validated_and_stored(client: TestClient, pipe: Pipeli
         ({"recipient": {"email": "x"}}, "recipient.user_id"),
         ({"template": "typo"}, "template"),
         ({"tenant": {"value": "tenant-a"}}, "tenant.value"),
+        ({"tenant": {"path": "note"}}, "tenant.path"),  # only the operator's tenant field
         ({"when": {"tenant_id": "tenant-b"}}, "when.tenant_id"),
         ({"name": "other"}, "name"),
         ({"topic": "notifications.requests"}, "topic"),

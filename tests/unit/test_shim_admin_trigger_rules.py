@@ -1,5 +1,6 @@
 """Tenants' trigger rules (config.trigger-rules): validation, confinement to the tenant's own
-events, and how the worker merges them with the rules file."""
+events (by the tenant field the operator sets per topic), and how the worker merges them with
+the rules file."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 from streams.catalog import TopicCatalog
 from streams.settings import Settings
 from streams.trigger_rules import (
+    Rule,
     TenantRuleError,
     TenantRules,
     TriggerConfigError,
     build_request,
+    confine,
     matches,
     parse_rules,
     rules_for,
@@ -55,18 +58,34 @@ def test_upstream_topics_are_the_json_topics_that_are_not_changelogs() -> None:
         parse_rules({"rules": [changelog]}, CATALOG)
 
 
-def test_a_tenant_rule_is_named_by_its_id_and_reads_the_tenant_from_the_event() -> None:
+def with_tenant_field(field: str) -> TopicCatalog:
+    """The catalogue with the operator's tenant field of orders.events set to `field`."""
+    return TopicCatalog(
+        [
+            spec.model_copy(update={"tenant_field": field})
+            if spec.name == "orders.events"
+            else spec
+            for spec in CATALOG
+        ]
+    )
+
+
+def test_a_tenant_rule_is_named_by_its_id_and_reads_the_tenant_from_the_topics_field() -> None:
     rule = tenant_rule("acme", "created", RULE, CATALOG)
     assert rule.name == "created"
     assert (rule.tenant.path, rule.tenant.value) == ("tenant_id", None)
-    custom = tenant_rule("acme", "created", {**RULE, "tenant": {"path": "org.id"}}, CATALOG)
-    assert custom.tenant.path == "org.id"
+    same = tenant_rule("acme", "created", {**RULE, "tenant": {"path": "tenant_id"}}, CATALOG)
+    assert same.tenant.path == "tenant_id"
+    # The operator's field for the topic, not a default the tenant could change.
+    operators = tenant_rule("acme", "created", RULE, with_tenant_field("org.tenant"))
+    assert operators.tenant.path == "org.tenant"
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"tenant": {"value": "acme"}}, "tenant.value"),
+        ({"tenant": {"path": "note"}}, "tenant.path"),  # a path the tenant picked
         ({"when": {"tenant_id": "globex"}}, "when.tenant_id"),
         ({"name": "else"}, "name"),
         ({"topic": "notifications.status"}, "topic"),
@@ -80,6 +99,33 @@ def test_tenant_rules_refuse_what_would_cross_tenants_or_cannot_run(
     with pytest.raises(TenantRuleError) as info:
         tenant_rule("acme", "created", {**RULE, **change}, CATALOG)
     assert info.value.field == field
+
+
+def test_confine_matches_only_the_operators_tenant_field() -> None:
+    # A rule naming its own tenant path (a record written before the fix, or by hand).
+    chosen = Rule.model_validate({**RULE, "name": "created", "tenant": {"path": "note"}})
+    rule = confine(chosen, "acme", CATALOG)
+    globex = {**event("globex"), "note": "acme"}
+    assert not matches(rule, globex)
+    assert matches(rule, {**event("acme"), "note": "anything"})
+    built = build_request(rule, event("acme"), topic="orders.events", partition=0, offset=0, now=1)
+    assert built["tenant_id"] == "acme"
+
+    # Another topic field set by the operator: only it decides whose event it is.
+    catalog = with_tenant_field("org.tenant")
+    rule = confine(tenant_rule("acme", "created", RULE, catalog), "acme", catalog)
+    assert matches(rule, {**event("globex"), "org": {"tenant": "acme"}})
+    assert not matches(rule, {**event("acme"), "org": {"tenant": "globex"}})
+    with pytest.raises(TenantRuleError) as info:
+        tenant_rule("acme", "created", {**RULE, "when": {"org.tenant": "globex"}}, catalog)
+    assert info.value.field == "when.org.tenant"
+
+
+def test_a_record_with_a_tenant_chosen_path_never_sees_another_tenants_events() -> None:
+    tenants = TenantRules(CATALOG)
+    tenants.apply("acme:noted", None, record("acme", "noted", {**RULE, "tenant": {"path": "note"}}))
+    globex = {**event("globex"), "note": "acme"}
+    assert [r for r in tenants.for_topic("orders.events") if matches(r, globex)] == []
 
 
 def test_the_worker_merges_file_rules_with_each_tenants_own() -> None:
