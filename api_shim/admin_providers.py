@@ -4,6 +4,9 @@ Secrets are sealed exactly as `python -m streams.config put providers` seals the
 PROVIDER_SECRETS_KEY, bound to `tenant:provider_id`): plaintext never reaches Kafka and is
 never answered. The configuration is checked against the connector's own model, the one
 the deliver stage builds it with, so a configuration that would fail there is a 422 here.
+Then every host it makes us connect to (`Connector.targets`: URL settings such as
+`base_url` or FCM's `token_uri`, SMTP's `host`, each Apprise URL's service host) must be
+public, or the PUT is a 422 naming the setting (SSRF; the connectors check again at send).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from api_shim.admin_common import (
 from api_shim.admin_models import ProviderIn, ProviderOut
 from api_shim.auth import Admin, Principal
 from api_shim.errors import AUTHENTICATED, NotFound, Unavailable
-from connectors.errors import DeliveryError, RetryableDeliveryError
+from connectors.base import Connector, ProviderConfig
+from connectors.egress import Egress, Target, TargetRefused, check_targets
+from connectors.errors import ConnectorError, DeliveryError, RetryableDeliveryError
 from connectors.registry import PROVIDERS
-from connectors.webhook import check_target
 from streams.config.apply import provider_box
 from streams.config.kinds import ConfigError
 from streams.providers import PIPELINE_SETTINGS
@@ -41,27 +45,47 @@ router = APIRouter(tags=["admin"])
 TOPIC = "config.providers"
 # Connector fields only the operator may set (the deliver stage overrides them anyway).
 OPERATOR_FIELDS = frozenset({"allow_private_targets"})
-# Settings or secrets that point the worker at a host: a tenant must not aim our workers at
-# our own network (SSRF), so they get the outgoing-webhook guard.
-TARGET_FIELDS = frozenset({"base_url", "url", "webhook_url", "host"})
 
 
-async def _check_targets(request: Request, values: dict[str, str], where: str) -> None:
-    if request.app.state.settings.webhook_allow_private_targets:
-        return
-    for name in sorted(TARGET_FIELDS & set(values)):
-        raw = _from_text(values[name])
-        if not isinstance(raw, str) or not raw:
+def _where(setting: str, secrets: dict[str, str]) -> str:
+    return f"{'secrets' if setting.split('.', 1)[0] in secrets else 'settings'}.{setting}"
+
+
+def shim_egress(request: Request) -> Egress:
+    """The shim's SSRF rule: the workers' (private targets only if the operator allows)."""
+    return Egress(allow_private=request.app.state.settings.webhook_allow_private_targets)
+
+
+async def check_targets_of(
+    egress: Egress,
+    cls: type[Connector[Any]],
+    config: ProviderConfig,
+    settings: dict[str, str],
+    secrets: dict[str, str],
+) -> None:
+    """422 naming the first setting that aims us at a host that is not public (SSRF).
+
+    Only what the tenant gave: a connector's defaults are the provider's public endpoints
+    (and a setting without a safe default, such as SMTP's host, is required by its model).
+    """
+    # Never the value in a problem: it may be a secret (a webhook URL with a token in it).
+    problem = "is not an allowed target: only public hosts (and http(s) URLs)"
+    try:
+        targets: list[Target] = cls.targets(config)
+    except TargetRefused as exc:  # a URL setting that is not http(s), a host-less URL
+        raise FieldProblem(_where(exc.setting or "urls", secrets), problem) from exc
+    except ConnectorError as exc:  # an Apprise URL Apprise cannot parse
+        raise FieldProblem(_where("urls", secrets), "is not a valid Apprise URL") from exc
+    for target in targets:
+        if target.setting.split(".", 1)[0] not in settings.keys() | secrets.keys():
             continue
-        target = raw if "://" in raw else f"https://{raw}/"
         try:
-            await check_target(target)
+            await check_targets([target], egress)
         except RetryableDeliveryError as exc:
-            raise FieldProblem(f"{where}.{name}", "names a host that does not resolve") from exc
+            where = _where(target.setting, secrets)
+            raise FieldProblem(where, "names a host that does not resolve") from exc
         except DeliveryError as exc:
-            # Never the value: it may be a secret (a webhook URL with a token in it).
-            problem = "is not an allowed target: only public http(s) hosts"
-            raise FieldProblem(f"{where}.{name}", problem) from exc
+            raise FieldProblem(_where(target.setting, secrets), problem) from exc
 
 
 def _box(request: Request) -> SecretBox | None:
@@ -100,8 +124,11 @@ def secret_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(n for n, f in model.model_fields.items() if _mentions_secret(f.annotation))
 
 
-def _check(body: ProviderIn, settings: dict[str, str], secrets: dict[str, str]) -> None:
-    """422 naming the first field the connector's model refuses (never echoing a secret)."""
+def _check(
+    body: ProviderIn, settings: dict[str, str], secrets: dict[str, str]
+) -> tuple[type[Connector[Any]], ProviderConfig]:
+    """422 naming the first field the connector's model refuses (never echoing a secret);
+    the connector class and the configuration it would be built with."""
     cls = PROVIDERS.get(body.provider)
     if cls is None:
         raise FieldProblem(
@@ -122,7 +149,7 @@ def _check(body: ProviderIn, settings: dict[str, str], secrets: dict[str, str]) 
         except ValueError:
             raise FieldProblem(f"settings.{name}", "must be a positive number") from None
     try:
-        cls.config_model.model_validate(
+        config = cls.config_model.model_validate(
             {**values, **{k: _from_text(v) for k, v in secrets.items()}}
         )
     except ValidationError as exc:
@@ -133,6 +160,7 @@ def _check(body: ProviderIn, settings: dict[str, str], secrets: dict[str, str]) 
             raise FieldProblem(f"secrets.{name}", _secret_problem(error["type"])) from None
         field = ".".join(str(p) for p in error["loc"])
         raise FieldProblem(f"settings.{field}", str(error["msg"])) from None
+    return cls, config
 
 
 def _secret_problem(error_type: str) -> str:
@@ -197,13 +225,12 @@ async def put_provider(
     key = f"{caller.tenant_id}:{provider_id}"
     existing = view(request, TOPIC).get(key)
     settings = {k: _as_text(v) for k, v in body.settings.items()}
-    await _check_targets(request, settings, "settings")
-    if body.secrets:
-        await _check_targets(request, {k: _as_text(v) for k, v in body.secrets.items()}, "secrets")
     sealed: bytes | None = None
     if body.secrets is not None:
         secrets = {k: _as_text(v) for k, v in body.secrets.items()}
-        _check(body, settings, secrets)
+        await check_targets_of(
+            shim_egress(request), *_check(body, settings, secrets), settings, secrets
+        )
         if secrets:
             sealed = _require_box(request).seal(
                 secrets, tenant_id=caller.tenant_id, provider_id=provider_id
@@ -215,9 +242,9 @@ async def put_provider(
             kept = box.open(sealed, tenant_id=caller.tenant_id, provider_id=provider_id)
         except SealingError as exc:
             raise Unavailable(f"the stored secrets do not open ({exc}); give them again") from exc
-        _check(body, settings, kept)
+        await check_targets_of(shim_egress(request), *_check(body, settings, kept), settings, kept)
     else:
-        _check(body, settings, {})
+        await check_targets_of(shim_egress(request), *_check(body, settings, {}), settings, {})
     record = {
         "tenant_id": caller.tenant_id,
         "provider_id": provider_id,

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from connectors.egress import Egress, Target, url_targets
 from connectors.errors import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,24 @@ class Connector(ABC, Generic[ConfigT]):
     # Whether the provider deduplicates on the idempotency key we pass it.
     honours_idempotency_key: ClassVar[bool] = False
 
-    def __init__(self, config: ConfigT, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        config: ConfigT,
+        *,
+        http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
+    ) -> None:
         self.config = config
         self._shared_http = http
+        # Where this connector may connect (connectors/egress.py): private targets are
+        # refused unless the operator allowed them.
+        self.egress = egress or Egress()
+
+    @classmethod
+    def targets(cls, config: ProviderConfig) -> list[Target]:
+        """The hosts a configuration makes us connect to, each named by its setting, for the
+        shim's check of a tenant's configuration. By default every URL-valued setting."""
+        return url_targets(config)
 
     @abstractmethod
     async def send(self, message: OutboundMessage) -> DeliveryResult:

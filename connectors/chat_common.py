@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from connectors.base import DeliveryResult, OutboundMessage
+from connectors.egress import Egress
 from connectors.errors import DeliveryError, ProviderRejectedError, RetryableDeliveryError
 from connectors.http import HttpConfigT, HttpConnector
 
@@ -93,8 +94,14 @@ class ChatConnector(HttpConnector[HttpConfigT]):
 
     channel = "chat"
 
-    def __init__(self, config: HttpConfigT, *, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(config, http=http)
+    def __init__(
+        self,
+        config: HttpConfigT,
+        *,
+        http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
+    ) -> None:
+        super().__init__(config, http=http, egress=egress)
         self._secrets = frozenset(s for s in self.secrets() if len(s) >= _MIN_SECRET_LEN)
         _log_secrets.update(self._secrets)
 

@@ -21,6 +21,7 @@ import jwt
 from pydantic import SecretStr
 
 from connectors.base import DeliveryResult, OutboundMessage
+from connectors.egress import Egress
 from connectors.errors import (
     InvalidAddressError,
     ProviderRejectedError,
@@ -74,8 +75,14 @@ class FcmConnector(HttpConnector[FcmConfig]):
     # The v1 API has no idempotency key: a retry after a lost answer can notify twice.
     honours_idempotency_key = False
 
-    def __init__(self, config: FcmConfig, *, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(config, http=http)
+    def __init__(
+        self,
+        config: FcmConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
+    ) -> None:
+        super().__init__(config, http=http, egress=egress)
         self._token: str | None = None
         self._token_expires_at = 0.0  # time.monotonic()
         # One refresh at a time: concurrent sends with an expired token wait for it.

@@ -8,8 +8,13 @@ HTTP status to error, the same for every provider unless its module says otherwi
     other 4xx            PermanentDeliveryError: the request itself is wrong (address, content)
     timeout, connection  RetryableDeliveryError
 
-Connectors take an injected `httpx.AsyncClient` (the deliver stage shares one; unit tests may
-pass one with `httpx.MockTransport`); without one they create and close their own.
+Connectors take an injected `httpx.AsyncClient` (the deliver stage shares one); without one
+they create and close their own. Either way it is a guarded client (`egress.guarded_client`):
+every connection is resolved once, checked as public and made to the checked address, so a
+tenant's `base_url`, `token_uri` or webhook URL cannot reach our network (docs/security.md).
+
+A response body from a non-public peer (possible only with `allow_private`) is never quoted
+in a reason: reasons are tenant-readable, and quoting would make an SSRF readable.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ from typing import Any, TypeVar
 import httpx
 
 from connectors.base import Connector, ProviderConfig
+from connectors.egress import Egress, guarded_client, is_guarded, peer_is_public
 from connectors.errors import (
+    ConfigurationError,
     PermanentDeliveryError,
     ProviderRejectedError,
     RetryableDeliveryError,
 )
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
-EXCERPT_LEN = 300
+# Enough for a provider's error message; reasons are tenant-readable, so no more than that.
+EXCERPT_LEN = 200
+WITHHELD = "(body withheld: non-public peer)"
 
 
 class HttpProviderConfig(ProviderConfig):
@@ -57,6 +66,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def excerpt(response: httpx.Response) -> str:
+    """The start of the body for a reason, unless it came from a non-public address."""
+    if not peer_is_public(response):
+        return WITHHELD
     text = response.text.strip().replace("\n", " ")
     return text[:EXCERPT_LEN] + ("…" if len(text) > EXCERPT_LEN else "")
 
@@ -77,12 +89,15 @@ def transport_failure(exc: httpx.HTTPError, timeout_seconds: float) -> Retryable
     return RetryableDeliveryError(f"connection failed: {type(exc).__name__}")
 
 
-def raise_for_status(response: httpx.Response, *, what: str = "") -> None:
-    """Raise the DeliveryError the status code means (see the module docstring)."""
+def raise_for_status(response: httpx.Response, *, what: str = "", body: bool = True) -> None:
+    """Raise the DeliveryError the status code means (see the module docstring); the reason
+    quotes the start of the body unless `body` is false."""
     code = response.status_code
     if 200 <= code < 300:
         return
-    message = f"HTTP {code}{f' {what}' if what else ''}: {excerpt(response)}"
+    message = f"HTTP {code}{f' {what}' if what else ''}"
+    if body:
+        message += f": {excerpt(response)}"
     if code in RETRYABLE_STATUS or code >= 500:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise RetryableDeliveryError(message, retry_after=retry_after)
@@ -94,9 +109,18 @@ def raise_for_status(response: httpx.Response, *, what: str = "") -> None:
 class HttpConnector(Connector[HttpConfigT]):
     """A connector that talks HTTP through httpx."""
 
-    def __init__(self, config: HttpConfigT, *, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(config, http=http)
-        self._http = http or httpx.AsyncClient()
+    def __init__(
+        self,
+        config: HttpConfigT,
+        *,
+        http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
+    ) -> None:
+        super().__init__(config, http=http, egress=egress)
+        if http is not None and not is_guarded(http):
+            # An unguarded client would connect wherever a tenant's URL points.
+            raise ConfigurationError("the HTTP client must be an egress.guarded_client")
+        self._http = http or guarded_client(self.egress)
         self._owns_http = http is None
 
     def url(self, path: str) -> str:

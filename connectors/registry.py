@@ -12,6 +12,7 @@ import httpx
 from connectors.apprise_connector import AppriseConnector
 from connectors.base import Connector
 from connectors.discord import DiscordConnector
+from connectors.egress import Egress
 from connectors.errors import UnknownProviderError
 from connectors.fcm import FcmConnector
 from connectors.google_chat import GoogleChatConnector
@@ -67,12 +68,16 @@ def provider_class(name: str) -> type[Connector[Any]]:
         raise UnknownProviderError(f"unknown provider {name!r}; valid: {valid}") from None
 
 
-def build(name: str, values: dict[str, Any], *, http: httpx.AsyncClient) -> Connector[Any]:
+def build(
+    name: str, values: dict[str, Any], *, http: httpx.AsyncClient, egress: Egress
+) -> Connector[Any]:
     """A connector from its name and raw configuration values (validated by its model).
+
+    `http` must be a guarded client (connectors/egress.py) built with the same `egress`.
 
     Raises UnknownProviderError, or pydantic's ValidationError naming the bad field.
     The in-app connector needs the deliver stage's publisher and is built there.
     """
     cls = provider_class(name)
     config = cls.config_model.model_validate(values)
-    return cls(config, http=http)
+    return cls(config, http=http, egress=egress)

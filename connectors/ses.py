@@ -38,6 +38,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connectors import aws
 from connectors.base import DeliveryResult, OutboundMessage
+from connectors.egress import Egress
 from connectors.errors import (
     DeliveryError,
     InvalidAddressError,
@@ -120,8 +121,14 @@ class SesConnector(HttpConnector[SesConfig]):
     # SendEmail takes no idempotency token: a retried request is a second email.
     honours_idempotency_key = False
 
-    def __init__(self, config: SesConfig, *, http: httpx.AsyncClient | None = None) -> None:
-        super().__init__(config, http=http)
+    def __init__(
+        self,
+        config: SesConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
+    ) -> None:
+        super().__init__(config, http=http, egress=egress)
         self._credentials = aws.credentials(
             config.access_key_id, config.secret_access_key, config.session_token
         )

@@ -1,4 +1,10 @@
-"""Email over SMTP with aiosmtplib."""
+"""Email over SMTP with aiosmtplib.
+
+The host has no default: a tenant's configuration without one must not fall back to a relay
+on our own machine (with a sender of its choosing). The connection is made to an address
+resolved and checked by the SSRF guard (connectors/egress.py) and handed to aiosmtplib as a
+socket, so TLS still verifies the certificate for `host`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from connectors.base import Connector, DeliveryResult, OutboundMessage, ProviderConfig
+from connectors.egress import Target, open_checked_socket
 from connectors.errors import (
     InvalidAddressError,
     PermanentDeliveryError,
@@ -18,8 +25,8 @@ from connectors.errors import (
 
 
 class SmtpConfig(ProviderConfig):
-    host: str = "127.0.0.1"
-    port: int = 25
+    host: str = Field(min_length=1)
+    port: int = Field(25, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
     start_tls: bool = False
@@ -32,14 +39,29 @@ class SmtpConnector(Connector[SmtpConfig]):
     name = "smtp"
     config_model = SmtpConfig
 
+    @classmethod
+    def targets(cls, config: ProviderConfig) -> list[Target]:
+        assert isinstance(config, SmtpConfig)
+        return [Target("host", config.host, config.port)]
+
     async def send(self, message: OutboundMessage) -> DeliveryResult:
         email = self._build(message)
         password = self.config.password.get_secret_value() if self.config.password else None
         try:
+            sock = await open_checked_socket(
+                self.config.host,
+                self.config.port,
+                self.egress,
+                connect_timeout=self.config.timeout_seconds,
+            )
+        except RetryableDeliveryError as exc:  # DNS or connect; a refused target is permanent
+            raise RetryableDeliveryError(f"SMTP connection failed: {exc}") from exc
+        try:
+            # With a socket, `hostname` is only the TLS server name (SNI and the certificate).
             await aiosmtplib.send(
                 email,
                 hostname=self.config.host,
-                port=self.config.port,
+                sock=sock,
                 username=self.config.username,
                 password=password,
                 start_tls=self.config.start_tls,
@@ -56,6 +78,8 @@ class SmtpConnector(Connector[SmtpConfig]):
             raise error(f"SMTP {exc.code}: {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise RetryableDeliveryError(f"SMTP connection failed: {exc}") from exc
+        finally:
+            sock.close()  # aiosmtplib has closed its transport; this covers a failed start
         return DeliveryResult(
             outcome="sent", provider=self.name, provider_message_id=email["Message-ID"]
         )

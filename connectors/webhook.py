@@ -2,28 +2,26 @@
 
 The body is signed with HMAC-SHA256 over f"{timestamp}.{body}" so a receiver can check that it
 came from us and is fresh; `sign` and `verify` are the documented recipe (docs/connectors/
-webhook.md). The target URL comes from tenants, so before sending we refuse schemes other than
-http(s) and hosts that resolve to private, loopback, link-local, reserved or multicast
-addresses (unless `allow_private_targets`): otherwise a webhook could reach our own network.
+webhook.md). The target URL comes from tenants, so we refuse schemes other than http(s), and
+the guarded client (connectors/egress.py) refuses hosts that resolve to private, loopback,
+link-local, reserved or multicast addresses and connects to the address it checked (unless
+the operator allowed private targets): otherwise a webhook could reach our own network. A
+failure's reason carries the status code, never the receiver's body.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import DeliveryResult, OutboundMessage
-from connectors.errors import PermanentDeliveryError, RetryableDeliveryError
+from connectors.egress import Egress, check_url, http_url
 from connectors.http import HttpConnector, HttpProviderConfig, raise_for_status
 from connectors.receipts import Receipt, ReceiptStatus
 
@@ -38,8 +36,6 @@ class WebhookConfig(HttpProviderConfig):
     url: str | None = None
     # Sent with every request (e.g. a receiver's own auth header); ours take precedence.
     headers: dict[str, SecretStr] = {}
-    # Only for trusted, internal receivers (and tests against a local peer).
-    allow_private_targets: bool = False
     # Signs receipts the receiver reports back (the generic inbound webhook, same recipe as
     # `sign`); its own secret, so a leaked outgoing secret cannot forge receipts.
     inbound_secret: SecretStr | None = None
@@ -55,7 +51,8 @@ class WebhookConnector(HttpConnector[WebhookConfig]):
 
     async def send(self, message: OutboundMessage) -> DeliveryResult:
         target = self.config.url or message.to
-        await check_target(target, allow_private=self.config.allow_private_targets)
+        # Scheme and host here; the address is checked by the guarded client as it connects.
+        http_url(target, what="webhook URL")
         timestamp = int(time.time())
         body = _body(message, timestamp)
         headers = {name: value.get_secret_value() for name, value in self.config.headers.items()}
@@ -74,7 +71,8 @@ class WebhookConnector(HttpConnector[WebhookConfig]):
         response = await self.request(
             "POST", target, content=body, headers=headers, follow_redirects=False
         )
-        raise_for_status(response, what="from the webhook receiver")
+        # No body in the reason: it is tenant-readable, and the target is the tenant's choice.
+        raise_for_status(response, what="from the webhook receiver", body=False)
         # A 2xx means the receiver has it: there is no further hop to report on.
         return DeliveryResult(outcome="delivered", provider=self.name)
 
@@ -112,47 +110,15 @@ def verify(
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
 
 
-async def check_target(url: str, *, allow_private: bool = False) -> None:
+async def check_target(
+    url: str, *, allow_private: bool = False, egress: Egress | None = None
+) -> None:
     """Refuse (permanently) a URL that is not http(s) or whose host is not a public address.
 
-    `allow_private` skips the address check only; the scheme is always checked.
+    For validating a URL when it is configured; sending is guarded again at connect time
+    (connectors/egress.py). `allow_private` skips the address check only, never the scheme's.
     """
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise PermanentDeliveryError("webhook URL is not a valid URL") from exc
-    if parsed.scheme not in ("http", "https"):
-        raise PermanentDeliveryError(f"webhook URL scheme {parsed.scheme!r} is not http(s)")
-    host = parsed.host
-    if not host:
-        raise PermanentDeliveryError("webhook URL has no host")
-    if allow_private:
-        return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        # Often a DNS hiccup; a name that never resolves is bounded by the retry path.
-        raise RetryableDeliveryError(f"webhook host {host} did not resolve: {exc}") from exc
-    # Every address, not just the first: the client may connect to any of them.
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]))
-        if not _public(address):
-            raise PermanentDeliveryError(
-                f"webhook host {host} resolves to non-public address {address}"
-            )
-    # The client resolves the name again when it connects, so a DNS answer that changes in
-    # between (rebinding) is not covered here; see docs/connectors/webhook.md.
-
-
-def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        # ::ffff:a.b.c.d is judged as a.b.c.d (Python versions disagree otherwise).
-        address = address.ipv4_mapped
-    # is_global is false for private, loopback, link-local, reserved and unspecified addresses,
-    # and for the other special-purpose ranges (CGNAT 100.64/10, ...); multicast needs its own
-    # check.
-    return address.is_global and not address.is_multicast
+    await check_url(url, egress or Egress(allow_private=allow_private), what="webhook URL")
 
 
 def _body(message: OutboundMessage, timestamp: int) -> bytes:

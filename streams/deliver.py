@@ -21,6 +21,7 @@ import httpx
 from faust.types import EventT
 
 from connectors.base import Connector, OutboundMessage
+from connectors.egress import Egress
 from connectors.in_app import InAppConfig, InAppConnector
 from connectors.smtp import SmtpConfig, SmtpConnector
 from streams import config_views, metrics
@@ -68,7 +69,9 @@ def _env_providers() -> dict[str, Connector[Any]]:
         timeout_seconds=settings.smtp_timeout_seconds,
     )
     return {
-        "env:smtp": SmtpConnector(smtp),
+        # The operator's own relay (SMTP_HOST) may be private, a local sidecar for instance:
+        # the address check guards what tenants configure, not the operator's settings.
+        "env:smtp": SmtpConnector(smtp, egress=Egress(allow_private=True)),
         "env:in_app": InAppConnector(InAppConfig(), _publish_inbox),
     }
 
@@ -79,10 +82,10 @@ pool = ProviderPool(
         settings.provider_secrets_key_id,
         {k: v.get_secret_value() for k, v in settings.provider_secrets_old_keys.items()},
     ),
-    http=httpx.AsyncClient(limits=httpx.Limits(max_connections=200)),
+    egress=Egress(allow_private=settings.webhook_allow_private_targets),
+    http_limits=httpx.Limits(max_connections=200),
     env=_env_providers(),
 )
-pool.allow_private_webhook_targets = settings.webhook_allow_private_targets
 config_views.providers.add_listener(pool.on_config)
 breakers = Breakers(
     BreakerPolicy(

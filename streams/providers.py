@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from connectors import registry
 from connectors.base import Connector
+from connectors.egress import Egress, guarded_client
 from connectors.errors import ConnectorError
 from streams.sealing import SealingError, SecretBox
 
@@ -133,11 +134,18 @@ class ProviderPool:
     """Connectors built from configuration records, rebuilt when a record changes."""
 
     def __init__(
-        self, *, box: SecretBox | None, http: httpx.AsyncClient, env: dict[str, Connector[Any]]
+        self,
+        *,
+        box: SecretBox | None,
+        egress: Egress,
+        env: dict[str, Connector[Any]],
+        http_limits: httpx.Limits | None = None,
     ) -> None:
         self._box = box
-        self._http = http
-        self.allow_private_webhook_targets = False
+        # Every configured connector's connections go through the SSRF guard; `egress` says
+        # whether private targets are allowed (the operator's WEBHOOK_ALLOW_PRIVATE_TARGETS).
+        self.egress = egress
+        self._http = guarded_client(egress, limits=http_limits)
         self.env = env  # "env:smtp" -> connector
         self.configs: dict[str, dict[str, Any]] = {}
         self._built: dict[str, tuple[dict[str, Any], Candidate]] = {}
@@ -181,12 +189,14 @@ class ProviderPool:
     def _build(self, provider_id: str, record: dict[str, Any]) -> Candidate:
         settings = {k: _setting_value(v) for k, v in record.get("settings", {}).items()}
         rate = settings.pop("rate_per_sec", None)
-        if record["provider"] == "webhook":
-            # The SSRF guard is the operator's to lift (tests), never a tenant's.
-            settings["allow_private_targets"] = self.allow_private_webhook_targets
+        # The SSRF guard is the operator's to lift (tests), never a tenant's: a stored
+        # setting of that name (older records) is dropped, not honoured.
+        settings.pop("allow_private_targets", None)
         try:
             secrets = self._open(record)
-            connector = registry.build(record["provider"], {**settings, **secrets}, http=self._http)
+            connector = registry.build(
+                record["provider"], {**settings, **secrets}, http=self._http, egress=self.egress
+            )
         except ValidationError as exc:
             # Field names only: pydantic's message may echo a value, and values may be secret.
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
@@ -210,3 +220,4 @@ class ProviderPool:
     async def close(self) -> None:
         for _, candidate in self._built.values():
             await candidate.connector.close()
+        await self._http.aclose()

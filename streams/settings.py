@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     tenant_rate_limit_per_second: float | None = None
     # Share of each provider bucket the bulk lane leaves for transactional traffic.
     bulk_reserve_fraction: float = 0.2
-    # Outgoing webhooks to private/loopback addresses (SSRF guard off): tests only.
+    # Private/loopback targets for every tenant-configured connector, status webhooks and the
+    # shim's provider check (the SSRF guard, connectors/egress.py, off): tests and dev only.
     webhook_allow_private_targets: bool = False
     # Outgoing status webhooks (streams/status_webhooks.py, docs/api.md): attempts per
     # delivery; the wait between them (exponential with jitter, at least Retry-After, at most

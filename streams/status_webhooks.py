@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 from faust.types import EventT, StreamT
 
+from connectors.egress import Egress, guarded_client
 from streams import metrics, webhook_subscriptions
 from streams.app import app, settings, topics
 from streams.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
@@ -53,8 +54,10 @@ log = logging.getLogger(__name__)
 DISPATCH = "webhook-dispatch"
 DELIVER = "webhook-deliver"
 
-_client = httpx.AsyncClient(
-    limits=httpx.Limits(max_connections=max(10, settings.webhook_delivery_concurrency * 4))
+# Guarded (connectors/egress.py): each connection goes to the address that was checked.
+_client = guarded_client(
+    Egress(allow_private=settings.webhook_allow_private_targets),
+    limits=httpx.Limits(max_connections=max(10, settings.webhook_delivery_concurrency * 4)),
 )
 
 
@@ -101,7 +104,6 @@ async def deliver(event: EventT) -> None:
         payload,
         headers(job, payload, secrets, int(time.time())),
         timeout_seconds=settings.webhook_timeout_seconds,
-        allow_private=settings.webhook_allow_private_targets,
     )
     step = next_step(
         job,

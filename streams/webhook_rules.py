@@ -22,7 +22,8 @@ from connectors.webhook import sign
 _NAMESPACE = uuid.UUID("5b0c3f1e-2d7a-4e8b-9c61-0a4f7e2b9d35")
 
 USER_AGENT = "notifications-webhooks/1"
-RESPONSE_EXCERPT_CHARS = 512
+# Tenant-readable (the delivery log): enough to recognise the receiver's answer, no more.
+RESPONSE_EXCERPT_CHARS = 256
 
 Verdict = Literal["delivered", "transient", "permanent"]
 Outcome = Literal["delivered", "retrying", "failed", "skipped"]

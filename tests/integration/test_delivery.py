@@ -41,7 +41,8 @@ def provider_config(tenant: str, provider_id: str, url: str, priority: int = 0) 
         "provider": "webhook",
         "enabled": True,
         "priority": priority,
-        # allow_private_targets here is ignored: only the operator's setting lifts the guard.
+        # allow_private_targets here is ignored (dropped): only the operator's setting lifts
+        # the guard, for every connector.
         "settings": {"url": url, "allow_private_targets": "false", "timeout_seconds": "2"},
         "secrets_sealed": BOX.seal({"secret": SECRET}, tenant_id=tenant, provider_id=provider_id),
         "updated_at": 1,
@@ -175,7 +176,8 @@ def test_permanent_error_fails_at_once_without_retry_or_failover(
     pipeline.wait_for_status([nid], {"failed"}, timeout=60)
     failed = next(s for s in statuses(pipeline, nid) if s["status"] == "failed")
     assert failed["retriable"] is False
-    assert "HTTP 400" in failed["reason"] and "unknown subscriber" in failed["reason"]
+    # The status code, never the receiver's body: reasons are tenant-readable (HIGH 5).
+    assert "HTTP 400" in failed["reason"] and "unknown subscriber" not in failed["reason"]
     rejected = [r for r in peers.rejecting.requests if r.json()["notification_id"] == nid]
     assert len(rejected) == 1
     # The message's own fault: the next provider would answer the same, so it is not tried.

@@ -633,7 +633,8 @@ def test_webhook_providers_cannot_lift_the_ssrf_guard(client: TestClient) -> Non
             {
                 "channel": "email",
                 "provider": "sendgrid",
-                "settings": {"base_url": "http://127.0.0.1:8080", "from_email": "a@example.com"},
+                # A valid configuration otherwise: targets are checked after the model.
+                "settings": {"base_url": "http://127.0.0.1:8080", "sender": "a@example.com"},
                 "secrets": {"api_key": "SG.x"},
             },
             "settings.base_url",
@@ -655,6 +656,43 @@ def test_webhook_providers_cannot_lift_the_ssrf_guard(client: TestClient) -> Non
                 "secrets": {"webhook_url": "http://10.1.2.3/hooks/secret-token"},
             },
             "secrets.webhook_url",
+        ),
+        # HIGH 4: settings outside the old base_url/url/webhook_url/host list.
+        (
+            {
+                "channel": "push",
+                "provider": "fcm",
+                "settings": {
+                    "project_id": "p",
+                    "client_email": "svc@p.iam.gserviceaccount.com",
+                    "token_uri": "http://169.254.169.254/secret-token",
+                },
+                "secrets": {"private_key": "-----BEGIN PRIVATE KEY-----"},
+            },
+            "settings.token_uri",
+        ),
+        (
+            {
+                "channel": "chat",
+                "provider": "apprise",
+                "settings": {},
+                "secrets": {"urls": ["json://10.0.0.1/secret-token"]},
+            },
+            "secrets.urls.0",
+        ),
+        (
+            {
+                "channel": "chat",
+                "provider": "apprise",
+                "settings": {},
+                "secrets": {"urls": ["mailto://u:secret-token@example.com?smtp=127.0.0.1"]},
+            },
+            "secrets.urls.0",
+        ),
+        (
+            # No host: there is no default relay on our own machine any more.
+            {"channel": "email", "provider": "smtp", "settings": {"sender": "x@a.example"}},
+            "settings.host",
         ),
     ],
 )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import json
 import threading
 import time
 import uuid
@@ -391,7 +390,9 @@ def test_status_events_are_posted_signed_retried_filtered_and_logged(
     ]
     assert rows[2]["next_attempt_at"] is not None and rows[0]["next_attempt_at"] is None
     assert rows[0]["url"] == acme.url() and rows[0]["notification_id"] == nid
-    assert json.loads(rows[0]["response_body"]) == {"ok": True}
+    # The receiver is on 127.0.0.1: a non-public peer's body never reaches the tenant-readable
+    # log (HIGH 5); the status code does.
+    assert rows[0]["response_body"] is None
 
     # Pages of two, newest first, following the cursor.
     first = client.get(f"{log}?delivery_id={expected_id}&limit=2", headers=ACME).json()

@@ -14,10 +14,14 @@ from typing import Any
 import pytest
 
 from connectors.base import DeliveryResult, OutboundMessage
+from connectors.egress import Egress
 from tests.support.http_peer import HttpPeer, Reply
 
 # Connector configs in tests use this timeout; the `timeout` row answers slower than that.
 TEST_TIMEOUT_SECONDS = 0.5
+# The peers listen on 127.0.0.1, which the SSRF guard refuses by default: tests that talk to
+# them lift it explicitly, by building their connectors with this.
+LOCAL_PEERS = Egress(allow_private=True)
 
 
 @dataclass(frozen=True)

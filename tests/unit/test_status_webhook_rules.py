@@ -10,15 +10,16 @@ import json
 import time
 from typing import Any
 
-import httpx
 import pytest
 
+from connectors.egress import Egress, guarded_client
 from connectors.webhook import verify
 from schemas import SchemaCatalog, build_codec
 from streams.retry import tier_for
 from streams.sealing import SealingError, SecretBox, new_key
 from streams.webhook_retry import Next, next_step
 from streams.webhook_rules import (
+    RESPONSE_EXCERPT_CHARS,
     Answer,
     body,
     delivery_id,
@@ -192,7 +193,8 @@ def test_sealed_secrets_open_only_for_their_tenant_and_subscription() -> None:
 def test_answers_are_judged_by_status(status: int, verdict: str) -> None:
     answer = judge(status, None, "x" * 2000)
     assert answer.verdict == verdict and answer.http_status == status
-    assert answer.response_body is not None and len(answer.response_body) == 512
+    assert answer.response_body is not None
+    assert len(answer.response_body) == RESPONSE_EXCERPT_CHARS == 256
 
 
 def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
@@ -268,14 +270,14 @@ def peer() -> Any:
 
 
 async def _post(url: str, *, allow_private: bool = True, limit_seconds: float = 2.0) -> Answer:
-    async with httpx.AsyncClient() as client:
+    # The peer listens on 127.0.0.1: tests that reach it allow private targets explicitly.
+    async with guarded_client(Egress(allow_private=allow_private)) as client:
         return await post(
             client,
             url,
             b'{"x":1}',
             {"Content-Type": "application/json", "X-Webhook-Id": "d-1"},
             timeout_seconds=limit_seconds,
-            allow_private=allow_private,
         )
 
 
@@ -283,7 +285,9 @@ async def test_a_post_reaches_the_receiver_as_sent(peer: HttpPeer) -> None:
     peer.reply(Reply(202, body=b"thanks"))
     answer = await _post(f"{peer.url}/in")
     assert answer.verdict == "delivered" and answer.http_status == 202
-    assert answer.response_body == "thanks"
+    # The answer came from 127.0.0.1: a non-public peer's body never reaches the
+    # tenant-readable delivery log.
+    assert answer.response_body is None
     (request,) = peer.requests
     assert request.method == "POST" and request.path == "/in"
     assert request.body == b'{"x":1}' and request.headers["x-webhook-id"] == "d-1"

@@ -13,6 +13,7 @@ from connectors.apprise_connector import AppriseConfig, AppriseConnector
 from connectors.errors import ConfigurationError
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -64,7 +65,8 @@ def json_url(peer: HttpPeer, path: str = "/hook") -> str:
 
 
 def connector(*urls: str) -> AppriseConnector:
-    return AppriseConnector(AppriseConfig(urls=list(urls), timeout_seconds=TEST_TIMEOUT_SECONDS))
+    config = AppriseConfig(urls=list(urls), timeout_seconds=TEST_TIMEOUT_SECONDS)
+    return AppriseConnector(config, egress=LOCAL_PEERS)
 
 
 @pytest.mark.parametrize(

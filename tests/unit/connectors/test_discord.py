@@ -9,6 +9,7 @@ from connectors.base import DeliveryResult, OutboundMessage
 from connectors.discord import DiscordConfig, DiscordConnector
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -72,7 +73,7 @@ CASES = [
 
 async def deliver(webhook: str, outbound: OutboundMessage = MESSAGE) -> DeliveryResult:
     config = DiscordConfig(webhook_url=SecretStr(webhook), timeout_seconds=TEST_TIMEOUT_SECONDS)
-    connector = DiscordConnector(config)
+    connector = DiscordConnector(config, egress=LOCAL_PEERS)
     try:
         return await connector.deliver(outbound)
     finally:

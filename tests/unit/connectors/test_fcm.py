@@ -22,6 +22,7 @@ from connectors.base import OutboundMessage
 from connectors.fcm import FcmConfig, FcmConnector
 from tests.support.http_peer import HttpPeer, Recorded, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -139,7 +140,7 @@ def google(peer: HttpPeer, rsa_key: rsa.RSAPrivateKey) -> GooglePeer:
 
 @pytest.fixture
 def connector(peer: HttpPeer, private_pem: str) -> FcmConnector:
-    return FcmConnector(config(peer, private_pem))
+    return FcmConnector(config(peer, private_pem), egress=LOCAL_PEERS)
 
 
 def config(peer: HttpPeer, private_pem: str, **overrides: Any) -> FcmConfig:
@@ -449,7 +450,7 @@ async def test_secrets_stay_out_of_repr_and_reasons(peer: HttpPeer, google: Goog
     bad_key = "-----BEGIN PRIVATE KEY-----\nnot-a-key-SECRETMATERIAL\n-----END PRIVATE KEY-----\n"
     cfg = config(peer, bad_key)
     assert "SECRETMATERIAL" not in repr(cfg) and "SECRETMATERIAL" not in str(cfg)
-    connector = FcmConnector(cfg)
+    connector = FcmConnector(cfg, egress=LOCAL_PEERS)
     result = await connector.deliver(PUSH)
     await connector.close()
     assert_result(result, {"outcome": "failed", "retriable": False, "provider_fault": True})

@@ -11,6 +11,7 @@ from connectors.base import DeliveryResult, OutboundMessage
 from connectors.google_chat import GoogleChatConfig, GoogleChatConnector
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -54,7 +55,7 @@ CASES = [
 
 async def deliver(webhook: str, outbound: OutboundMessage = MESSAGE) -> DeliveryResult:
     config = GoogleChatConfig(webhook_url=SecretStr(webhook), timeout_seconds=TEST_TIMEOUT_SECONDS)
-    connector = GoogleChatConnector(config)
+    connector = GoogleChatConnector(config, egress=LOCAL_PEERS)
     try:
         return await connector.deliver(outbound)
     finally:

@@ -9,6 +9,7 @@ from connectors.base import DeliveryResult
 from connectors.mattermost import MattermostConfig, MattermostConnector
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -79,7 +80,7 @@ WEBHOOK_CASES = [
 
 
 async def deliver(config: MattermostConfig, to: str) -> DeliveryResult:
-    connector = MattermostConnector(config)
+    connector = MattermostConnector(config, egress=LOCAL_PEERS)
     try:
         return await connector.deliver(message(channel="chat", to=to))
     finally:

@@ -15,6 +15,7 @@ from connectors.base import DeliveryResult
 from connectors.meta_whatsapp import MetaWhatsAppConfig, MetaWhatsAppConnector, parse_receipts
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -127,7 +128,7 @@ def config(peer: HttpPeer) -> MetaWhatsAppConfig:
 
 
 async def deliver(peer: HttpPeer, **fields: Any) -> DeliveryResult:
-    connector = MetaWhatsAppConnector(config(peer))
+    connector = MetaWhatsAppConnector(config(peer), egress=LOCAL_PEERS)
     try:
         return await connector.deliver(message(channel="whatsapp", to=RECIPIENT, **fields))
     finally:
@@ -258,7 +259,7 @@ async def test_message_content(
     peer: HttpPeer, data: dict[str, Any], to: str, expected: dict[str, Any]
 ) -> None:
     peer.reply(sent())
-    connector = MetaWhatsAppConnector(config(peer))
+    connector = MetaWhatsAppConnector(config(peer), egress=LOCAL_PEERS)
     try:
         result = await connector.deliver(
             message(channel="whatsapp", to=to, data_json=json.dumps(data))

@@ -7,6 +7,7 @@ import pytest
 from connectors.opsgenie import EU_BASE_URL, OpsgenieConfig, OpsgenieConnector
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -26,7 +27,8 @@ ALERT = message(
 
 def connector(peer: HttpPeer) -> OpsgenieConnector:
     return OpsgenieConnector(
-        OpsgenieConfig(base_url=peer.url, timeout_seconds=TEST_TIMEOUT_SECONDS, api_key=API_KEY)
+        OpsgenieConfig(base_url=peer.url, timeout_seconds=TEST_TIMEOUT_SECONDS, api_key=API_KEY),
+        egress=LOCAL_PEERS,
     )
 
 

@@ -10,6 +10,7 @@ from connectors.base import OutboundMessage
 from connectors.pagerduty import PagerDutyConfig, PagerDutyConnector
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -34,7 +35,7 @@ def connector(peer: HttpPeer, **overrides: Any) -> PagerDutyConnector:
         "routing_key": ROUTING_KEY,
     }
     values.update(overrides)
-    return PagerDutyConnector(PagerDutyConfig(**values))
+    return PagerDutyConnector(PagerDutyConfig(**values), egress=LOCAL_PEERS)
 
 
 def expected_event(alert: OutboundMessage = ALERT) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from connectors.receipts import Receipt
 from connectors.ses import SesConfig, SesConnector, parse_receipts
 from tests.support.http_peer import HttpPeer, Recorded, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -166,7 +167,7 @@ def config(peer: HttpPeer, **overrides: Any) -> SesConfig:
 
 
 async def send(peer: HttpPeer, **overrides: Any) -> Any:
-    ses = SesConnector(config(peer, **overrides.pop("config", {})))
+    ses = SesConnector(config(peer, **overrides.pop("config", {})), egress=LOCAL_PEERS)
     try:
         return await ses.deliver(message(**overrides))
     finally:

@@ -9,6 +9,7 @@ from connectors.base import DeliveryResult, OutboundMessage
 from connectors.slack import SlackConfig, SlackConnector, blocks
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -91,7 +92,7 @@ WEBHOOK_CASES = [
 
 
 async def deliver(config: SlackConfig, outbound: OutboundMessage = MESSAGE) -> DeliveryResult:
-    connector = SlackConnector(config)
+    connector = SlackConnector(config, egress=LOCAL_PEERS)
     try:
         return await connector.deliver(outbound)
     finally:

@@ -15,6 +15,7 @@ from connectors.in_app import InAppConfig, InAppConnector
 from connectors.registry import provider_class
 from connectors.smtp import SmtpConfig, SmtpConnector
 from tests.support.ports import free_port
+from tests.support.provider_cases import LOCAL_PEERS
 
 MESSAGE = OutboundMessage(
     notification_id="n-1",
@@ -86,7 +87,9 @@ async def test_smtp_replies_become_typed_results(
 ) -> None:
     handler, port = smtp_peer
     handler.reply = reply
-    connector = SmtpConnector(SmtpConfig(host="127.0.0.1", port=port, timeout_seconds=5))
+    connector = SmtpConnector(
+        SmtpConfig(host="127.0.0.1", port=port, timeout_seconds=5), egress=LOCAL_PEERS
+    )
     assert await connector.deliver(MESSAGE) == expected
 
 
@@ -95,7 +98,9 @@ async def test_smtp_message_has_both_parts_and_a_stable_message_id(
 ) -> None:
     handler, port = smtp_peer
     handler.reply, handler.received = "250 OK", []
-    connector = SmtpConnector(SmtpConfig(host="127.0.0.1", port=port, sender="n@acme.test"))
+    connector = SmtpConnector(
+        SmtpConfig(host="127.0.0.1", port=port, sender="n@acme.test"), egress=LOCAL_PEERS
+    )
     await connector.deliver(MESSAGE)
     await connector.deliver(MESSAGE)
     first, second = handler.received
@@ -106,7 +111,9 @@ async def test_smtp_message_has_both_parts_and_a_stable_message_id(
 
 
 async def test_smtp_server_down_is_retriable() -> None:
-    connector = SmtpConnector(SmtpConfig(host="127.0.0.1", port=free_port(), timeout_seconds=2))
+    connector = SmtpConnector(
+        SmtpConfig(host="127.0.0.1", port=free_port(), timeout_seconds=2), egress=LOCAL_PEERS
+    )
     result = await connector.deliver(MESSAGE)
     assert result.outcome == "failed" and result.retriable
     assert result.reason is not None and result.reason.startswith("SMTP connection failed")

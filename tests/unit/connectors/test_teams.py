@@ -9,6 +9,7 @@ from connectors.base import DeliveryResult, OutboundMessage
 from connectors.teams import TeamsConfig, TeamsConnector
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -91,7 +92,7 @@ EXPECTED_BODY = {
 
 async def deliver(webhook: str, outbound: OutboundMessage = MESSAGE) -> DeliveryResult:
     config = TeamsConfig(webhook_url=SecretStr(webhook), timeout_seconds=TEST_TIMEOUT_SECONDS)
-    connector = TeamsConnector(config)
+    connector = TeamsConnector(config, egress=LOCAL_PEERS)
     try:
         return await connector.deliver(outbound)
     finally:

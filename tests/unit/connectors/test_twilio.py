@@ -21,6 +21,7 @@ from connectors.twilio_whatsapp import parse_receipts as parse_whatsapp_receipts
 from tests.support.http_peer import HttpPeer, Recorded, Reply
 from tests.support.ports import free_port
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -137,7 +138,7 @@ def config(peer: HttpPeer, **overrides: Any) -> TwilioConfig:
 async def deliver(
     peer: HttpPeer, channel: str, config_overrides: dict[str, Any] | None = None, **fields: Any
 ) -> DeliveryResult:
-    connector = CONNECTORS[channel](config(peer, **(config_overrides or {})))
+    connector = CONNECTORS[channel](config(peer, **(config_overrides or {})), egress=LOCAL_PEERS)
     try:
         return await connector.deliver(message(channel=channel, to=RECIPIENT, **fields))
     finally:
@@ -190,7 +191,8 @@ async def test_connection_refused_is_retriable() -> None:
             account_sid=ACCOUNT_SID,
             auth_token=AUTH_TOKEN,
             from_number=SENDER,
-        )
+        ),
+        egress=LOCAL_PEERS,
     )
     try:
         result = await connector.deliver(message(channel="sms", to=RECIPIENT))
@@ -261,7 +263,7 @@ async def test_whatsapp_content(
     peer: HttpPeer, data: dict[str, Any], to: str, expected: dict[str, list[str]]
 ) -> None:
     peer.reply(created())
-    connector = TwilioWhatsAppConnector(config(peer))
+    connector = TwilioWhatsAppConnector(config(peer), egress=LOCAL_PEERS)
     try:
         result = await connector.deliver(
             message(channel="whatsapp", to=to, data_json=json.dumps(data))

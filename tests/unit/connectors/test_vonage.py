@@ -15,6 +15,7 @@ from connectors.base import DeliveryResult
 from connectors.vonage import VonageConfig, VonageConnector, parse_receipts
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -105,7 +106,7 @@ def config(peer: HttpPeer, **overrides: Any) -> VonageConfig:
 
 
 async def deliver(peer: HttpPeer, **fields: Any) -> DeliveryResult:
-    connector = VonageConnector(config(peer))
+    connector = VonageConnector(config(peer), egress=LOCAL_PEERS)
     try:
         return await connector.deliver(message(channel="sms", to=RECIPIENT, **fields))
     finally:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import time
 from typing import Any
 
-import httpx
 import pytest
 
+from connectors.egress import Egress, guarded_client
 from connectors.errors import PermanentDeliveryError
 from connectors.webhook import WebhookConfig, WebhookConnector, check_target, sign, verify
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.provider_cases import (
+    LOCAL_PEERS,
     STANDARD_FAULTS,
     TEST_TIMEOUT_SECONDS,
     Case,
@@ -34,15 +33,13 @@ HOOK = message(
 )
 
 
-def connector(peer: HttpPeer, **overrides: Any) -> WebhookConnector:
-    values: dict[str, Any] = {
-        "timeout_seconds": TEST_TIMEOUT_SECONDS,
-        "secret": SECRET,
-        # The peer listens on 127.0.0.1, which the SSRF rule refuses unless allowed.
-        "allow_private_targets": True,
-    }
+def connector(
+    peer: HttpPeer, *, egress: Egress = LOCAL_PEERS, **overrides: Any
+) -> WebhookConnector:
+    # The peer listens on 127.0.0.1, which the SSRF rule refuses unless allowed (LOCAL_PEERS).
+    values: dict[str, Any] = {"timeout_seconds": TEST_TIMEOUT_SECONDS, "secret": SECRET}
     values.update(overrides)
-    return WebhookConnector(WebhookConfig(**values))
+    return WebhookConnector(WebhookConfig(**values), egress=egress)
 
 
 SUCCESS = [
@@ -145,7 +142,7 @@ async def test_non_public_targets_and_other_schemes_are_refused(
     peer: HttpPeer, target: str
 ) -> None:
     port = peer.url.rsplit(":", 1)[1]
-    webhook = connector(peer, allow_private_targets=False)
+    webhook = connector(peer, egress=Egress())
     result = await webhook.deliver(HOOK.model_copy(update={"to": target.format(port=port)}))
     await webhook.close()
     assert_result(
@@ -162,10 +159,9 @@ async def test_non_public_targets_and_other_schemes_are_refused(
 
 async def test_redirects_are_not_followed_even_by_a_client_that_would(peer: HttpPeer) -> None:
     peer.reply(Reply(307, headers={"Location": peer.url + "/internal"}))
-    async with httpx.AsyncClient(follow_redirects=True) as shared:
-        webhook = WebhookConnector(
-            WebhookConfig(secret=SECRET, allow_private_targets=True), http=shared
-        )
+    async with guarded_client(LOCAL_PEERS) as shared:
+        shared.follow_redirects = True
+        webhook = WebhookConnector(WebhookConfig(secret=SECRET), http=shared, egress=LOCAL_PEERS)
         result = await webhook.deliver(HOOK.model_copy(update={"to": peer.url + "/hook"}))
     assert result.outcome == "failed" and not result.retriable
     assert [request.path for request in peer.requests] == ["/hook"]
@@ -174,38 +170,33 @@ async def test_redirects_are_not_followed_even_by_a_client_that_would(peer: Http
 async def test_other_schemes_are_refused_even_when_private_targets_are_allowed(
     peer: HttpPeer,
 ) -> None:
-    webhook = connector(peer, allow_private_targets=True)
+    webhook = connector(peer)
     result = await webhook.deliver(HOOK.model_copy(update={"to": "file:///etc/passwd"}))
     await webhook.close()
     assert result.outcome == "failed" and not result.retriable
 
 
-def _resolver(*addresses: str) -> Any:
-    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
-        family = {4: socket.AF_INET, 6: socket.AF_INET6}
-        return [
-            (family[6 if ":" in a else 4], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses
-        ]
+def _resolver(*addresses: str) -> Egress:
+    async def resolve(host: str, port: int) -> list[str]:
+        return list(addresses)
 
-    return getaddrinfo
+    return Egress(resolver=resolve)
 
 
-async def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-
-    loop = asyncio.get_running_loop()
+async def test_every_resolved_address_is_checked() -> None:
     # A public name with one private address among its answers is refused.
-    monkeypatch.setattr(loop, "getaddrinfo", _resolver("93.184.215.14", "10.1.2.3"))
     with pytest.raises(PermanentDeliveryError, match=r"hooks\.example\.com .* 10\.1\.2\.3"):
-        await check_target("https://hooks.example.com/secret-path-token")
+        await check_target(
+            "https://hooks.example.com/secret-path-token",
+            egress=_resolver("93.184.215.14", "10.1.2.3"),
+        )
     # Only public answers: allowed.
-    monkeypatch.setattr(
-        loop, "getaddrinfo", _resolver("93.184.215.14", "2606:2800:21f::1", "::ffff:93.184.215.14")
-    )
-    await check_target("https://hooks.example.com/secret-path-token")
+    public = _resolver("93.184.215.14", "2606:2800:21f::1", "::ffff:93.184.215.14")
+    await check_target("https://hooks.example.com/secret-path-token", egress=public)
 
 
 async def test_refusal_reason_names_the_host_not_the_url(peer: HttpPeer) -> None:
-    webhook = connector(peer, allow_private_targets=False)
+    webhook = connector(peer, egress=Egress())
     result = await webhook.deliver(
         HOOK.model_copy(update={"to": "http://127.0.0.1/hooks/T000/B000/secret-token"})
     )
