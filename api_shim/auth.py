@@ -8,8 +8,9 @@ Three kinds of caller (docs/api.md):
   cheap to check per request). Bootstrap keys from `SHIM_API_KEYS` have every scope.
 - **Users** (`Authorization: Bearer <JWT>`), from the tenant's OIDC provider: the signature is
   checked against the JWKS, and issuer, audience and expiry are required. The user id is `sub`,
-  the tenant a claim (`SHIM_JWT_TENANT_CLAIM`); a role `admin` gives the admin scope, `viewer`
-  read-only access.
+  the tenant a claim (`SHIM_JWT_TENANT_CLAIM`), which must name a known tenant (on
+  config.tenants, or one with a SHIM_API_KEYS key); a role `admin` gives the admin scope,
+  `viewer` read-only access.
 - **The platform operator** (`Authorization: Bearer <SHIM_OPERATOR_TOKEN>`), only for
   /api/v1/platform (creating tenants).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -30,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api_shim.errors import Forbidden, TooManyRequests, Unauthorized
+from api_shim.jwks import JwksCache, JwksUnavailable, UnknownKey
 from streams.rate_limits import RateLimits
 
 Scope = Literal["send", "read", "admin"]
@@ -39,6 +42,8 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
 }
 KEY_PREFIX = "nk_"
+
+log = logging.getLogger(__name__)
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key",
@@ -128,22 +133,26 @@ def principal_for_key(request: Request, presented: str) -> Principal:
 # -- JWT ---------------------------------------------------------------------------------------
 
 
+class JwtConfigError(ValueError):
+    """The JWT settings cannot be used safely: the shim refuses to start."""
+
+
 class JwtVerifier:
-    """Checks bearer JWTs against the issuer's JWKS (fetched on first use, cached, refetched
-    when a token names a key id it does not know)."""
+    """Checks bearer JWTs against the issuer's JWKS (api_shim.jwks: cached, refetched at most
+    once per cooldown however many unknown key ids tokens name)."""
 
     def __init__(
         self,
-        jwks_url: str,
+        jwks: JwksCache,
         *,
-        issuer: str | None,
-        audience: str | None,
+        issuer: str,
+        audience: str,
         algorithms: list[str],
         tenant_claim: str,
         roles_claim: str,
         leeway: float,
     ) -> None:
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        self.jwks = jwks
         self._issuer = issuer
         self._audience = audience
         self._algorithms = algorithms
@@ -151,29 +160,40 @@ class JwtVerifier:
         self._roles_claim = roles_claim
         self._leeway = leeway
 
+    def _key(self, token: str) -> tuple[Any, str]:
+        """The issuer's key the token names, and the one algorithm that key verifies."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except Exception as exc:  # PyJWT raises more than InvalidTokenError on some garbage
+            raise Unauthorized("the bearer token is not a valid JWT") from exc
+        kid, alg = header.get("kid"), header.get("alg")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("the bearer token names no signing key (kid)")
+        try:
+            jwk = self.jwks.key(kid)
+        except JwksUnavailable as exc:
+            raise Unauthorized("the token issuer's keys (JWKS) are unreachable") from exc
+        except UnknownKey as exc:
+            raise Unauthorized("the bearer token is not signed by a key of the issuer") from exc
+        # The algorithm is the key's (its JWK `alg`, or its type's), never the token's choice:
+        # an ES256 header over an RSA key is refused here, not a TypeError deep in PyJWT.
+        if alg != jwk.algorithm_name or alg not in self._algorithms:
+            raise Unauthorized("the bearer token's algorithm (alg) is not its key's")
+        return jwk.key, alg
+
     def principal(self, token: str) -> Principal:
         """The user the token names; raises Unauthorized saying what is wrong (never why
         exactly a signature failed: that is no business of the caller's)."""
-        try:
-            key = self._jwks.get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientConnectionError as exc:
-            raise Unauthorized("the token issuer's keys (JWKS) are unreachable") from exc
-        except jwt.PyJWKClientError as exc:
-            raise Unauthorized("the bearer token is not signed by a key of the issuer") from exc
-        except jwt.InvalidTokenError as exc:
-            raise Unauthorized("the bearer token is not a valid JWT") from exc
-        required = (
-            ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
-        )
+        key, alg = self._key(token)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=self._algorithms,
+                algorithms=[alg],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": required},
+                options={"require": ["exp", "sub", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the bearer token has expired") from exc
@@ -187,6 +207,9 @@ class JwtVerifier:
             raise Unauthorized("the bearer token's signature is invalid") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"the bearer token is invalid: {exc}") from exc
+        except Exception as exc:  # whatever else a hostile token makes PyJWT raise: never a 500
+            log.info("bearer token refused: %s: %s", type(exc).__name__, exc)
+            raise Unauthorized("the bearer token cannot be verified") from exc
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise Unauthorized(f"the bearer token has no {self._tenant_claim!r} claim")
@@ -203,10 +226,28 @@ class JwtVerifier:
 
 
 def jwt_verifier(settings: Any) -> JwtVerifier | None:
+    """The verifier for SHIM_JWT_*, or None without a JWKS; JwtConfigError if unsafe."""
     if not settings.shim_jwt_jwks_url:
         return None
+    # Without both, any token the issuer signs for any other application (another audience)
+    # or any issuer sharing the JWKS would be accepted.
+    missing = [
+        name
+        for name, value in (
+            ("SHIM_JWT_ISSUER", settings.shim_jwt_issuer),
+            ("SHIM_JWT_AUDIENCE", settings.shim_jwt_audience),
+        )
+        if not value
+    ]
+    if missing:
+        raise JwtConfigError(
+            f"SHIM_JWT_JWKS_URL is set, so {' and '.join(missing)} must be set too: "
+            "tokens are only accepted from one issuer for this audience"
+        )
     return JwtVerifier(
-        settings.shim_jwt_jwks_url,
+        JwksCache(
+            settings.shim_jwt_jwks_url, refetch_seconds=settings.shim_jwt_jwks_refetch_seconds
+        ),
         issuer=settings.shim_jwt_issuer,
         audience=settings.shim_jwt_audience,
         algorithms=list(settings.shim_jwt_algorithms),
@@ -232,6 +273,10 @@ def _rate_limit(request: Request, principal: Principal) -> None:
             raise TooManyRequests(f"too many requests for this {who}; retry later", wait)
 
 
+def _has_bootstrap_key(request: Request, tenant_id: str) -> bool:
+    return tenant_id in request.app.state.settings.shim_api_keys.values()
+
+
 async def authenticate(
     request: Request,
     api_key: Annotated[str | None, Depends(_api_key_header)],
@@ -247,6 +292,11 @@ async def authenticate(
     else:
         raise Unauthorized("an X-API-Key header or an Authorization: Bearer token is required")
     tenant = request.app.state.views["config.tenants"].get(principal.tenant_id)
+    known = tenant is not None or _has_bootstrap_key(request, principal.tenant_id)
+    if principal.kind == "user" and not known:
+        # The issuer may serve more than our tenants (or let users edit the claim): a token
+        # counts only for a tenant the operator created (config.tenants) or gave a key.
+        raise Unauthorized("the bearer token names a tenant this service does not know")
     if tenant is not None and not tenant["enabled"]:
         # The operator disabled the tenant: its keys and users are refused until re-enabled.
         raise Forbidden(f"tenant {principal.tenant_id!r} is disabled")

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     shim_jwt_tenant_claim: str = "tenant_id"
     shim_jwt_roles_claim: str = "roles"
     shim_jwt_leeway_seconds: float = 30.0
+    # At most one JWKS request per this many seconds per shim process, however many unknown
+    # key ids tokens name (a rotated-in key is picked up after it).
+    shim_jwt_jwks_refetch_seconds: float = 60.0
     # Requests per second (and burst) per tenant and per API key or user, per shim process.
     shim_rate_limit_per_tenant: float = 200.0
     shim_rate_limit_per_key: float = 100.0

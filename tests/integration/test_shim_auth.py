@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 
@@ -24,6 +25,7 @@ from streams.catalog import TopicCatalog
 from streams.kafka_clients import producer_config
 from streams.provision import provision
 from streams.settings import Settings
+from tests.support.http_peer import Reply
 from tests.support.jwks import Issuer, new_key
 
 pytestmark = pytest.mark.integration
@@ -246,6 +248,108 @@ def test_bad_tokens_are_401_and_say_why(
 def test_garbage_bearer_is_401(client: TestClient) -> None:
     response = client.get("/api/v1/notifications/x", headers={"Authorization": "Bearer not.a.jwt"})
     assert_error(response, 401, "unauthorized")
+
+
+def test_a_token_signed_with_another_algorithm_than_its_keys_is_401(
+    client: TestClient, issuer: Issuer
+) -> None:
+    # An ES256 header naming the issuer's RSA key: PyJWT raised TypeError, a 500.
+    ec_token = issuer.token(
+        roles=["admin"], key=ec.generate_private_key(ec.SECP256R1()), algorithm="ES256"
+    )
+    body = assert_error(
+        client.get("/api/v1/notifications/x", headers=issuer.bearer(ec_token)), 401, "unauthorized"
+    )
+    assert "algorithm" in body["message"]
+    # HS256 with the public key as the HMAC secret (the classic confusion) is refused too.
+    hs_token = issuer.token(roles=["admin"], key="s" * 32, algorithm="HS256")
+    assert_error(
+        client.get("/api/v1/notifications/x", headers=issuer.bearer(hs_token)), 401, "unauthorized"
+    )
+
+
+def test_unknown_key_ids_refetch_the_jwks_at_most_once_per_cooldown(
+    client: TestClient, issuer: Issuer
+) -> None:
+    before = issuer.jwks_fetches()
+    for _ in range(20):
+        token = issuer.token(roles=["admin"], kid=f"kid-{uuid.uuid4().hex[:8]}")
+        response = client.get("/api/v1/notifications/x", headers=issuer.bearer(token))
+        assert_error(response, 401, "unauthorized")
+    # The module's shim has the default 60 s cooldown: one fetch at most (none if a test
+    # before fetched within it), not one per token. (PyJWT >= 2.11 has a cooldown of its own;
+    # the 2.8 that pyproject.toml allows refetched for every token.)
+    assert issuer.jwks_fetches() - before <= 1
+
+
+def test_a_failing_jwks_is_asked_at_most_once_per_cooldown(settings: Settings) -> None:
+    # An issuer outage: every token (known kid or not) used to retry the fetch, one 5 s
+    # timeout after another, before the caller was even rate limited.
+    with Issuer() as own:
+        quick = settings.model_copy(update={**own.settings(), "shim_jwt_jwks_refetch_seconds": 2.0})
+        own.peer.default = Reply(503, body=b"down")
+        with TestClient(create_app(quick)) as client:
+            token = own.bearer(own.token(roles=["viewer"]))
+            for _ in range(10):
+                body = assert_error(
+                    client.get("/api/v1/notifications/x", headers=token), 401, "unauthorized"
+                )
+                assert "unreachable" in body["message"]
+            assert own.jwks_fetches() == 1
+            own.serve(own.jwk())  # back
+            time.sleep(2.1)
+            assert_error(client.get("/api/v1/notifications/x", headers=token), 404, "not_found")
+            assert own.jwks_fetches() == 2
+
+
+def test_a_rotated_in_key_is_picked_up_after_the_cooldown(settings: Settings) -> None:
+    with Issuer(kid="old-key") as own, Issuer(kid="new-key") as rotated:
+        quick = settings.model_copy(update={**own.settings(), "shim_jwt_jwks_refetch_seconds": 2.0})
+        with TestClient(create_app(quick)) as client:
+            old = own.bearer(own.token(roles=["viewer"]))
+            assert_error(client.get("/api/v1/notifications/x", headers=old), 404, "not_found")
+            assert own.jwks_fetches() == 1
+            # The issuer starts signing with a new key: within the cooldown it is not asked.
+            own.serve(own.jwk(), rotated.jwk())
+            new = rotated.bearer(rotated.token(roles=["viewer"]))
+            for _ in range(5):
+                assert_error(
+                    client.get("/api/v1/notifications/x", headers=new), 401, "unauthorized"
+                )
+            assert own.jwks_fetches() == 1
+            time.sleep(2.1)
+            assert_error(client.get("/api/v1/notifications/x", headers=new), 404, "not_found")
+            assert_error(client.get("/api/v1/notifications/x", headers=old), 404, "not_found")
+            assert own.jwks_fetches() == 2
+
+
+@pytest.mark.parametrize("missing", ["shim_jwt_issuer", "shim_jwt_audience"])
+def test_a_jwks_without_issuer_or_audience_refuses_to_start(
+    settings: Settings, missing: str
+) -> None:
+    # Without both, a token the issuer signed for any other application would be accepted.
+    with pytest.raises(ValueError, match=missing.upper()):
+        create_app(settings.model_copy(update={missing: None}))
+
+
+def test_a_token_for_an_unknown_tenant_is_401_until_the_tenant_exists(
+    client: TestClient, settings: Settings, issuer: Issuer
+) -> None:
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    viewer = issuer.bearer(issuer.token(roles=["viewer"], tenant_id=tenant))
+    body = assert_error(client.get("/api/v1/notifications/x", headers=viewer), 401, "unauthorized")
+    assert "tenant" in body["message"]
+    # Once the operator created it (a Tenant record on config.tenants), its users are in.
+    producer = Producer(producer_config(settings))
+    record = {"tenant_id": tenant, "enabled": True, "updated_at": int(time.time() * 1000)}
+    producer.produce(
+        TopicCatalog.load(settings).name("config.tenants"),
+        key=tenant.encode(),
+        value=CODEC.encode("Tenant", record),
+    )
+    assert producer.flush(10) == 0
+    known = eventually(client, "GET", "/api/v1/notifications/x", 404, headers=viewer)
+    assert_error(known, 404, "not_found")
 
 
 # -- limits ------------------------------------------------------------------------------------

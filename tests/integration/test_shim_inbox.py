@@ -65,7 +65,8 @@ def settings(kafka_bootstrap: str, fresh_database: str, issuer: Issuer) -> Setti
         kafka_bootstrap_servers=kafka_bootstrap,
         topic_prefix=f"t-{uuid.uuid4().hex[:12]}.",
         database_url=fresh_database,
-        shim_api_keys={"key-a": "tenant-a"},
+        # tenant-b: known (its users' tokens are accepted) without a Tenant record.
+        shim_api_keys={"key-a": "tenant-a", "key-b": "tenant-b"},
         sink_flush_seconds=0.1,
         **issuer.settings(),
     )

@@ -5,8 +5,9 @@
         token = issuer.token(sub="user-1", tenant_id="tenant-a", roles=["viewer"])
         client.get("/api/v1/me/notifications", headers=issuer.bearer(token))
 
-`token(...)` takes overrides for any claim (exp in the past, another aud) and `key=` to sign
-with a key the JWKS does not hold (a forged token).
+`token(...)` takes overrides for any claim (exp in the past, another aud), `key=` to sign
+with a key the JWKS does not hold (a forged token) and `algorithm=` for another header `alg`.
+`serve(...)` changes the keys the JWKS holds (rotation).
 """
 
 from __future__ import annotations
@@ -34,9 +35,21 @@ class Issuer:
     def __init__(self, kid: str = "test-key-1") -> None:
         self.kid = kid
         self.key = new_key()
-        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
-        self.peer = HttpPeer(default=Reply(200, json={"keys": [jwk]}))
+        self.peer = HttpPeer()
+        self.serve(self.jwk())
+
+    def jwk(self) -> dict[str, Any]:
+        """This issuer's public key as a JWK."""
+        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
+        return jwk
+
+    def serve(self, *jwks: dict[str, Any]) -> None:
+        """The JWKS answers these keys from now on."""
+        self.peer.default = Reply(200, json={"keys": list(jwks)})
+
+    def jwks_fetches(self) -> int:
+        return len(self.peer.requests)
 
     @property
     def jwks_url(self) -> str:
@@ -57,8 +70,9 @@ class Issuer:
         tenant_id: str | None = "tenant-a",
         roles: list[str] | None = None,
         ttl: float = 300,
-        key: rsa.RSAPrivateKey | None = None,
+        key: Any = None,
         kid: str | None = None,
+        algorithm: str = "RS256",
         **claims: Any,
     ) -> str:
         now = int(time.time())
@@ -74,7 +88,7 @@ class Issuer:
             payload["tenant_id"] = tenant_id
         payload.update(claims)
         return jwt.encode(
-            payload, key or self.key, algorithm="RS256", headers={"kid": kid or self.kid}
+            payload, key or self.key, algorithm=algorithm, headers={"kid": kid or self.kid}
         )
 
     @staticmethod
