@@ -9,22 +9,22 @@ URL the provider called) and the tenant's provider configuration. Every failed c
     provider (config.providers)   verified by
     twilio, twilio_whatsapp       X-Twilio-Signature over the public URL + form (twilio SDK)
     sendgrid                      ECDSA P-256 over timestamp + body (webhook_public_key)
-    mailgun                       HMAC-SHA256 of timestamp + token in the body (webhook_signing_key)
+    mailgun                       HMAC-SHA256 of timestamp + token in the body
+                                  (webhook_signing_key); one body per token, in every process
     meta_whatsapp                 X-Hub-Signature-256, HMAC-SHA256 of the body (app_secret)
     ses                           the SNS message signature, certificate from an SNS host only,
-                                  from the configured sns_topic_arn only
+                                  from the configured sns_topic_arn only, Timestamp under 1 h old
     webhook (generic)             X-Notification-Signature, our recipe (inbound_secret)
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -39,6 +39,17 @@ from connectors.receipts import Receipt
 JSON = frozenset({"application/json"})
 # Fields in one form body; Twilio's status callbacks carry about twenty.
 MAX_FORM_FIELDS = 200
+# SNS messages older than this are refused (AWS: check Timestamp against replays); a little
+# clock skew the other way is allowed.
+SNS_MAX_AGE_SECONDS = 3600.0
+SNS_MAX_SKEW_SECONDS = 300.0
+# The one answer for every path that has no usable receipt endpoint (no such tenant, no such
+# configuration, a provider that sends none): which of these it is is nobody's business.
+NO_ENDPOINT = "there is no receipt endpoint at this path"
+
+
+def no_endpoint() -> NotFound:
+    return NotFound(NO_ENDPOINT)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,9 @@ class InboundRequest:
     headers: Mapping[str, str]  # case-insensitive (Starlette's Headers)
     url: str  # the URL the provider called: SHIM_PUBLIC_URL + path + query, if set
     query: list[tuple[str, str]]
+    # (token, body) -> whether the body is the first this configuration saw with the token,
+    # in any shim process (api_shim.inbound_tokens).
+    first_use: Callable[[str, bytes], Awaitable[bool]]
 
 
 class InboundProvider(ABC):
@@ -69,7 +83,7 @@ class InboundProvider(ABC):
 
     def handshake(self, config: Any, query: Mapping[str, str]) -> str:
         """The answer to a GET verification handshake, for providers that have one."""
-        raise NotFound("this provider has no verification handshake")
+        raise no_endpoint()
 
 
 def _secret(config: Any, field: str) -> str:
@@ -157,15 +171,11 @@ class SendGridInbound(InboundProvider):
 
 
 class MailgunInbound(InboundProvider):
-    key_field = "webhook_signing_key"
-    # Tokens seen (per shim process), kept as long as their timestamp is accepted.
-    max_tokens: ClassVar[int] = 100_000
+    """Mailgun signs timestamp + token, not the event: a captured signature could carry
+    another event. So a token is bound to the first body it came with, across every shim
+    process (a redelivery of the same request is still fine); see docs/api.md."""
 
-    def __init__(self) -> None:
-        # Mailgun signs timestamp + token, not the event: a captured signature could carry
-        # another event. So a token is bound to the first body it came with (a redelivery of
-        # the same request is still fine); see docs/api.md.
-        self._tokens: dict[str, tuple[float, bytes]] = {}  # token -> (expires, body digest)
+    key_field = "webhook_signing_key"
 
     async def receipts(self, request: InboundRequest) -> list[Receipt]:
         payload = _json_object(request.body)
@@ -177,22 +187,9 @@ class MailgunInbound(InboundProvider):
                 "`signature` does not sign its timestamp and token with the configuration's "
                 "webhook_signing_key, or the timestamp is stale"
             )
-        if not self._first_use(str(block["token"]), request.body):
+        if not await request.first_use(str(block["token"]), request.body):
             raise Unauthorized("this signature token was already used with another body")
         return mailgun.parse_receipts(payload)
-
-    def _first_use(self, token: str, body: bytes, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        digest = hashlib.sha256(body).digest()
-        if len(self._tokens) >= self.max_tokens:
-            self._tokens = {t: v for t, v in self._tokens.items() if v[0] > now}
-            while len(self._tokens) >= self.max_tokens:  # still full: forget the oldest
-                del self._tokens[next(iter(self._tokens))]
-        seen = self._tokens.get(token)
-        if seen is not None and seen[0] > now:
-            return hmac.compare_digest(seen[1], digest)
-        self._tokens[token] = (now + mailgun.WEBHOOK_TOLERANCE_SECONDS, digest)
-        return True
 
 
 class MetaInbound(InboundProvider):
@@ -235,6 +232,7 @@ class SesInbound(InboundProvider):
         cert_url = str(message.get("SigningCertURL", ""))
         if not ses.is_sns_url(cert_url, certificate=True):
             raise Unauthorized("SigningCertURL is not an https .pem URL on an SNS endpoint")
+        _check_sns_timestamp(message.get("Timestamp"))
         certificate = await inbound_sns.certificate(cert_url)
         if not ses.verify_sns_signature(message, certificate):
             raise Unauthorized("the SNS Signature does not verify with its signing certificate")
@@ -245,6 +243,22 @@ class SesInbound(InboundProvider):
             await inbound_sns.confirm_subscription(subscribe_url)
             return []
         return ses.parse_receipts(message)
+
+
+def _check_sns_timestamp(value: Any, now: float | None = None) -> None:
+    """A signed SNS message stays valid for ever: one captured (or a redelivery from long ago)
+    is refused once its Timestamp (signed too) is over SNS_MAX_AGE_SECONDS old."""
+    now = time.time() if now is None else now
+    try:
+        sent = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        age = now - sent.timestamp()
+    except ValueError:
+        raise Unauthorized("the SNS Timestamp is missing or not an ISO 8601 time") from None
+    if sent.tzinfo is None or not -SNS_MAX_SKEW_SECONDS <= age <= SNS_MAX_AGE_SECONDS:
+        raise Unauthorized(
+            f"the SNS Timestamp is stale (over {SNS_MAX_AGE_SECONDS / 3600:g} h old) or in "
+            "the future: the message may be replayed"
+        )
 
 
 class GenericInbound(InboundProvider):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from confluent_kafka import Message
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
@@ -40,11 +41,12 @@ async def produce(
     key: str,
     value: bytes | None,
     traceparent: str | None = None,
-) -> None:
-    """Produces to the topic's physical name; returns once Kafka has acknowledged (acks=all).
-    `value=None` writes a tombstone (deletes the key from a compacted topic)."""
+) -> Message:
+    """Produces to the topic's physical name; returns once Kafka has acknowledged (acks=all),
+    the message as written (its partition and offset). `value=None` writes a tombstone
+    (deletes the key from a compacted topic)."""
     try:
-        await state.producer.produce(
+        return await state.producer.produce(
             state.topics.name(logical_topic),
             key=key.encode(),
             value=value,

@@ -10,26 +10,41 @@ parse -> one ProviderReceipt per receipt, keyed by notification id, each scoped 
 in the path. The receipts stage (streams/receipts.py) checks that the notification is that
 tenant's and applies each provider event once, so a redelivered webhook is harmless; that is
 also why there is no Idempotency-Key here.
+
+A path without a usable configuration (no such tenant or configuration, another tenant's,
+a provider that sends no receipts here) is one and the same 404, so the endpoint cannot be
+used to find out which tenants exist and which providers they use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import State
 
-from api_shim import errors
-from api_shim.errors import ApiError, Forbidden, NotFound, Unavailable
-from api_shim.inbound_providers import ADAPTERS, NOT_VERIFIED, InboundProvider, InboundRequest
+from api_shim import errors, inbound_tokens
+from api_shim.errors import ApiError, Forbidden, Unavailable
+from api_shim.inbound_providers import (
+    ADAPTERS,
+    NO_ENDPOINT,
+    NOT_VERIFIED,
+    InboundProvider,
+    InboundRequest,
+    no_endpoint,
+)
 from api_shim.models import ErrorBody
 from api_shim.publish import publish
-from connectors import registry
+from connectors import mailgun, registry
 from connectors.receipts import Receipt, receipt_record
 from streams.providers import GLOBAL_TENANT, PIPELINE_SETTINGS, _setting_value
 from streams.sealing import SealingError, SecretBox
@@ -37,7 +52,20 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["inbound webhooks"])
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Follows shim.inbound-tokens (api_shim.inbound_tokens); stopped with the app's views."""
+    state = app.state
+    topic = inbound_tokens.TOPIC
+    view = inbound_tokens.claim_view(state.settings, state.topics.name(topic), state.codec)
+    view.start()
+    state.views[topic] = view
+    await run_in_threadpool(view.wait_caught_up, state.settings.shim_view_catchup_seconds)
+    yield
+
+
+router = APIRouter(tags=["inbound webhooks"], lifespan=_lifespan)
 
 PATH = "/api/v1/inbound/{tenant_id}/{provider_id}"
 TOPIC = "notifications.receipts"
@@ -71,6 +99,10 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     out[401] = {
         "model": ErrorBody,
         "description": "The provider's signature is missing or does not verify.",
+    }
+    out[404] = {
+        "model": ErrorBody,
+        "description": f"{NO_ENDPOINT} (the same answer whatever is missing).",
     }
     out[403] = {
         "model": ErrorBody,
@@ -146,17 +178,18 @@ class Target:
 
 
 def _target(request: Request, tenant_id: str, provider_id: str) -> Target:
-    """The adapter and configuration for this path; 404 / 403 when there is none to use."""
+    """The adapter and configuration for this path; 404 (always the same) / 403 when there is
+    none to use. Why there is none is logged, for the operator."""
     views = request.app.state.views
     record = views["config.providers"].get(f"{tenant_id}:{provider_id}")
     if record is None or record["tenant_id"] != tenant_id:
-        raise NotFound(f"no provider configuration {provider_id!r} for tenant {tenant_id!r}")
+        raise no_endpoint()
     provider = record["provider"]
-    if provider in NOT_VERIFIED:
-        raise NotFound(NOT_VERIFIED[provider])
     adapter = ADAPTERS.get(provider)
-    if adapter is None:
-        raise NotFound(f"provider {provider!r} sends no delivery receipts to this endpoint")
+    if provider in NOT_VERIFIED or adapter is None:
+        why = NOT_VERIFIED.get(provider, f"provider {provider!r} sends no receipts here")
+        log.info("inbound webhook for %s:%s refused (404): %s", tenant_id, provider_id, why)
+        raise no_endpoint()
     config = _config(request.app.state.settings, record)
     if not adapter.has_key(config):
         raise Forbidden(
@@ -251,6 +284,13 @@ async def receive_receipts(
         headers=request.headers,
         url=public_url(request, request.app.state.settings.shim_public_url),
         query=request.query_params.multi_items(),
+        first_use=partial(
+            inbound_tokens.first_use,
+            request.app.state,
+            tenant_id,
+            provider_id,
+            ttl_seconds=mailgun.WEBHOOK_TOLERANCE_SECONDS,
+        ),
     )
     receipts = await target.adapter.receipts(inbound)
     return await produce_receipts(request.app.state, tenant_id, provider_id, receipts)
@@ -278,8 +318,8 @@ def _json_errors(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]
                 400: "`hub.challenge` is missing.",
                 403: "`hub.mode` is not `subscribe`, `hub.verify_token` does not match, or "
                 "the configuration cannot verify webhooks.",
-                404: "No such provider configuration for this tenant, or its provider has no "
-                "handshake.",
+                404: f"{NO_ENDPOINT} (the same answer whatever is missing, also when the "
+                "provider has no handshake).",
                 503: "The configuration's secrets cannot be opened by this service.",
             }
         ),

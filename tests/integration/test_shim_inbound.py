@@ -17,20 +17,28 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from api_shim import inbound_sns
 from api_shim.app import create_app
 from schemas import SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
@@ -38,6 +46,8 @@ from streams.kafka_clients import admin_config, consumer_config, producer_config
 from streams.provision import provision
 from streams.sealing import SecretBox, new_key
 from streams.settings import Settings
+from tests.support.pipeline import Process, wait_until
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +150,8 @@ CONFIGS = [
         {**SENDER, "access_key_id": "AKIA1", "sns_topic_arn": SES_TOPIC},
         {"secret_access_key": "s"},
     ),
+    # A provider that sends no receipts at all.
+    provider("acme", "smtp", "smtp", "email", {"host": "smtp.acme.example"}, {"password": "p"}),
     provider(
         "acme",
         "vonage",
@@ -342,7 +354,7 @@ def test_twilio_refusals_write_nothing(client: TestClient, receipts: Receipts) -
     globex_url = f"{PUBLIC_URL}{path('globex-twilio')}?notification_id={nid}"
     globex_signed = twilio_signature(GLOBEX_TWILIO_TOKEN, globex_url, form)
     refused_without_writing(
-        receipts, send(form, globex_signed, "globex-twilio"), 404, "no provider configuration"
+        receipts, send(form, globex_signed, "globex-twilio"), 404, "no receipt endpoint"
     )
     # An acme configuration holding globex's sealed secrets: they do not open for acme.
     refused_without_writing(receipts, send(form, good, "copied"), 503, "cannot be opened")
@@ -539,7 +551,7 @@ def test_meta_verification_handshake(client: TestClient) -> None:
     assert (response.status_code, response.text) == (200, "42")
     wrong = client.get(path("meta"), params={**query, "hub.verify_token": "guess"})
     assert wrong.status_code == 403 and "hub.verify_token" in wrong.json()["message"]
-    assert client.get(path("sendgrid"), params=query).status_code == 404
+    assert client.get(path("sendgrid"), params=query).status_code == 404  # no handshake
 
 
 # -- generic ------------------------------------------------------------------------------
@@ -640,15 +652,172 @@ def test_ses_needs_an_sns_signature_from_its_topic(client: TestClient, receipts:
     refused_without_writing(receipts, lambda: send(other_topic), 401, "sns_topic_arn")
 
 
-def test_unknown_and_unsupported_providers_are_not_found(client: TestClient) -> None:
-    for where, words in [
-        (path("nope"), "no provider configuration"),
-        (path("twilio-sms", tenant="globex"), "no provider configuration"),
-        (path("vonage"), "not accepted yet"),
-    ]:
-        response = client.post(where, content=b"{}", headers={"Content-Type": "application/json"})
-        assert response.status_code == 404, where
-        assert words in response.json()["message"]
+def test_a_missing_endpoint_answers_like_an_unusable_one(client: TestClient) -> None:
+    # Different 404s told which tenants exist and which providers they configured.
+    posts = {
+        where: client.post(where, content=b"{}", headers={"Content-Type": "application/json"})
+        for where in [
+            path("nope"),  # acme exists, this configuration does not
+            path("twilio-sms", tenant="no-such-tenant"),
+            path("twilio-sms", tenant="globex"),  # acme's configuration id under globex
+            path("globex-twilio"),  # globex's configuration under acme
+            path("vonage"),  # configured, its receipts are not accepted yet
+            path("smtp"),  # configured, its provider sends no receipts
+        ]
+    }
+    gets = {  # Meta's handshake: to a configuration without one, or to none
+        where: client.get(where, params={"hub.mode": "subscribe", "hub.challenge": "1"})
+        for where in [path("nope"), path("sendgrid"), path("smtp")]
+    }
+    answers = {(r.status_code, r.text) for r in [*posts.values(), *gets.values()]}
+    assert len(answers) == 1, answers
+    [(status, text)] = answers
+    assert status == 404
+    body = json.loads(text)
+    assert body["error"] == "not_found" and "no receipt endpoint" in body["message"]
+
+
+# -- SES: a valid SNS signature on a fresh message -----------------------------------------
+
+SNS_CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem"
+
+
+@pytest.fixture(scope="module")
+def sns_key() -> Iterator[rsa.RSAPrivateKey]:
+    """A signing key whose certificate the shim holds for SNS_CERT_URL. SNS serves its
+    certificates only from AWS hosts, which a test cannot be: the shim's certificate cache is
+    given the test's certificate for that URL, as if it had fetched it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    inbound_sns._certificates[SNS_CERT_URL] = certificate.public_bytes(serialization.Encoding.PEM)
+    yield key
+    inbound_sns._certificates.pop(SNS_CERT_URL, None)
+
+
+def sns_message(key: rsa.RSAPrivateKey, message_id: str, nid: str, sent: datetime) -> bytes:
+    """An SNS Notification carrying an SES bounce, signed by AWS's documented recipe
+    (SignatureVersion 2: RSA SHA-256 over "Name\nvalue\n" of the signed fields, in order)."""
+    event = {
+        "eventType": "Bounce",
+        "bounce": {
+            "bounceType": "Permanent",
+            "bounceSubType": "General",
+            "bouncedRecipients": [{"diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
+            "timestamp": sent.isoformat().replace("+00:00", "Z"),
+        },
+        "mail": {
+            "timestamp": sent.isoformat().replace("+00:00", "Z"),
+            "messageId": f"ses-{message_id}",
+            "tags": {"notification_id": [nid], "tenant_id": ["acme"]},
+        },
+    }
+    message = {
+        "Type": "Notification",
+        "MessageId": message_id,
+        "TopicArn": SES_TOPIC,
+        "Message": json.dumps(event),
+        "Timestamp": sent.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "SignatureVersion": "2",
+        "SigningCertURL": SNS_CERT_URL,
+    }
+    signed = "".join(
+        f"{name}\n{message[name]}\n"
+        for name in ("Message", "MessageId", "Timestamp", "TopicArn", "Type")
+    )
+    signature = key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    message["Signature"] = base64.b64encode(signature).decode()
+    return json.dumps(message).encode()
+
+
+def test_ses_receipts_must_be_fresh(
+    client: TestClient, receipts: Receipts, sns_key: rsa.RSAPrivateKey
+) -> None:
+    def send(body: bytes) -> Any:
+        return client.post(path("ses"), content=body, headers={"Content-Type": "text/plain"})
+
+    fresh_id = f"sns-{uuid.uuid4().hex[:8]}"
+    fresh = send(sns_message(sns_key, fresh_id, "n-ses", datetime.now(UTC)))
+    assert fresh.status_code == 200, fresh.text
+    [(key, record)] = receipts.wait_for({fresh_id})
+    assert (key, record["status"], record["tenant_id"]) == ("n-ses", "bounced", "acme")
+    # Validly signed, but sent two hours ago: a replay (SNS retries for an hour at most).
+    old = sns_message(
+        sns_key, f"sns-{uuid.uuid4().hex[:8]}", "n-ses", datetime.now(UTC) - timedelta(hours=2)
+    )
+    refused_without_writing(receipts, lambda: send(old), 401, "Timestamp is stale")
+    ahead = sns_message(
+        sns_key, f"sns-{uuid.uuid4().hex[:8]}", "n-ses", datetime.now(UTC) + timedelta(hours=1)
+    )
+    refused_without_writing(receipts, lambda: send(ahead), 401, "in the future")
+
+
+# -- Mailgun's token replay guard across shim processes -----------------------------------
+
+
+@pytest.fixture
+def second_shim(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """Another shim process (uvicorn, as deployed) on the same topics."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database_url,
+        "PROVIDER_SECRETS_KEY": KEY,
+        "SHIM_PUBLIC_URL": PUBLIC_URL,
+        "SHIM_API_KEYS": "{}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--port", str(port)]
+    shim = Process("second-shim", [*argv, "--host", "127.0.0.1"], env, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert shim.alive(), shim.tail()
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    shim.start()
+    try:
+        wait_until(up, 90, "the second shim to answer /health")
+        yield url
+    finally:
+        shim.stop()
+
+
+def test_a_mailgun_token_carries_one_body_in_every_shim_process(
+    client: TestClient, receipts: Receipts, second_shim: str
+) -> None:
+    def post(base: str | None, payload: dict[str, Any]) -> Any:
+        body, headers = json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        if base is None:
+            return client.post(path("mailgun"), content=body, headers=headers)
+        return httpx.post(f"{base}{path('mailgun')}", content=body, headers=headers, timeout=30)
+
+    event_id = f"mg-{uuid.uuid4().hex[:8]}"
+    payload = mailgun_payload(event_id, "n-mg-2")
+    first = post(None, payload)
+    assert first.status_code == 200, first.text
+    # The captured signature with another event, sent to the other process: refused there.
+    forged = {**payload, "event-data": {**payload["event-data"], "id": f"{event_id}-forged"}}
+    refused_without_writing(receipts, lambda: post(second_shim, forged), 401, "already used")
+    # Mailgun redelivering the very same request to any process is still fine.
+    again = post(second_shim, payload)
+    assert again.status_code == 200, again.text
+    assert {r["provider_event_id"] for _, r in receipts.wait_for({event_id}, count=2)} == {event_id}
 
 
 def test_openapi_documents_the_inbound_endpoints(client: TestClient) -> None:
