@@ -13,6 +13,11 @@ Without one, the stream starts at the partitions' end offsets, read before the a
 so everything written after the stream opened is delivered; the first block of the stream is an
 `id:` line with that position, so a client that saw no event yet can still resume.
 
+Replay is bounded: a resume starts no further back than SHIM_SSE_REPLAY_MAX_MESSAGES per
+partition nor SHIM_SSE_REPLAY_MAX_SECONDS (else an old id makes the shim read and filter the
+topic's whole retention, for every reconnect). A resume cut short by that bound, or by
+retention, sets `truncated`, and the stream tells the client (`replay_truncated`).
+
 Isolation: a stream's filter is fixed from the caller's credentials (tenant, user), never from
 the request, and a position only says where to read, not what.
 """
@@ -26,6 +31,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -139,6 +145,12 @@ def format_event(event: SseEvent, position: str) -> str:
 # -- the stream ----------------------------------------------------------------------------------
 
 
+def replay_start(wanted: int, low: int, high: int, oldest: int) -> int:
+    """Where a resumed partition starts: `wanted`, but not before what retention still holds
+    (`low`) or the replay bound (`oldest`), and not past the end (a made-up id)."""
+    return min(max(wanted, low, oldest), high)
+
+
 class LiveStream:
     """One client's stream. `open()` (blocking) resolves the start position and assigns the
     partitions; `start()` begins reading; `next()` gives the next event; `close()` stops."""
@@ -151,6 +163,7 @@ class LiveStream:
         self.sources = sources
         self.resume = resume
         self.positions: Positions = {}  # written by the consumer thread once started
+        self.truncated = False  # the resume started later than asked: events were skipped
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._queue: asyncio.Queue[tuple[SseEvent, str] | Failure] | None = None
@@ -174,25 +187,64 @@ class LiveStream:
             }
         )
         try:
-            assignment = []
-            for source in self.sources:
-                for partition in source.partitions:
-                    tp = TopicPartition(source.topic, partition)
-                    low, high = consumer.get_watermark_offsets(
-                        tp, timeout=WATERMARK_TIMEOUT_SECONDS, cached=False
-                    )
-                    wanted = high if self.resume is None else self.resume[(source.code, partition)]
-                    # An offset retention has removed starts at the oldest left; one past the
-                    # end (a made-up id) at the end.
-                    offset = min(max(wanted, low), high)
-                    self.positions[(source.code, partition)] = offset
-                    assignment.append(TopicPartition(source.topic, partition, offset))
-            consumer.assign(assignment)
+            marks = {
+                (source.code, partition): consumer.get_watermark_offsets(
+                    TopicPartition(source.topic, partition),
+                    timeout=WATERMARK_TIMEOUT_SECONDS,
+                    cached=False,
+                )
+                for source in self.sources
+                for partition in source.partitions
+            }
+            if self.resume is None:
+                self.positions = {where: high for where, (_, high) in marks.items()}
+            else:
+                oldest = self._replay_bounds(consumer, marks)
+                for where, (low, high) in marks.items():
+                    wanted = self.resume[where]
+                    self.positions[where] = replay_start(wanted, low, high, oldest[where])
+                    self.truncated |= self.positions[where] > wanted
+            topic = {source.code: source.topic for source in self.sources}
+            consumer.assign(
+                [TopicPartition(topic[code], p, at) for (code, p), at in self.positions.items()]
+            )
         except BaseException:
             consumer.close()
             raise
         self._consumer = consumer
         return format_position(self.positions)
+
+    def _replay_bounds(
+        self, consumer: Consumer, marks: dict[tuple[str, int], tuple[int, int]]
+    ) -> Positions:
+        """The oldest offset of each partition a resume may start at: the later of the last
+        SHIM_SSE_REPLAY_MAX_MESSAGES and the first written in the last
+        SHIM_SSE_REPLAY_MAX_SECONDS."""
+        settings = self.settings
+        oldest = {
+            where: high - settings.shim_sse_replay_max_messages
+            for where, (_, high) in marks.items()
+        }
+        assert self.resume is not None
+        behind = [where for where, (_, high) in marks.items() if self.resume[where] < high]
+        if not behind:
+            return oldest
+        since = int((time.time() - settings.shim_sse_replay_max_seconds) * 1000)
+        topic = {source.code: source.topic for source in self.sources}
+        found = consumer.offsets_for_times(
+            [TopicPartition(topic[code], p, since) for code, p in behind],
+            timeout=WATERMARK_TIMEOUT_SECONDS,
+        )
+        code = {source.topic: source.code for source in self.sources}
+        for tp in found:
+            where = (code[tp.topic], tp.partition)
+            if tp.error is not None:  # the count bound still holds
+                log.info("live stream: no offset by time for %s: %s", where, tp.error)
+            elif tp.offset < 0:  # nothing written since: replay nothing
+                oldest[where] = marks[where][1]
+            else:
+                oldest[where] = max(oldest[where], tp.offset)
+        return oldest
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -4,6 +4,7 @@ tenant's status events. The Kafka side is api_shim.live; docs/api.md ("Live upda
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -14,8 +15,9 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from api_shim import errors, live
-from api_shim.auth import Reader, User
+from api_shim.auth import Principal, Reader, User
 from api_shim.errors import AUTHENTICATED, BadRequest, Unavailable
+from api_shim.live_slots import StreamSlots
 from api_shim.me_models import NotificationStatus
 from api_shim.models import Id
 
@@ -28,7 +30,9 @@ LastEventId = Annotated[
     Header(
         alias="Last-Event-ID",
         max_length=4096,
-        description="The `id` of the last event received: the stream resumes right after it. "
+        description="The `id` of the last event received: the stream resumes right after it "
+        "(at most SHIM_SSE_REPLAY_MAX_MESSAGES per partition and SHIM_SSE_REPLAY_MAX_SECONDS "
+        "back; an older id resumes at that bound after a `replay_truncated` event). "
         "Without it, the stream starts now.",
     ),
 ]
@@ -39,7 +43,10 @@ def _sse_doc(events: str, example: str) -> dict[int | str, dict[str, Any]]:
         200: {
             "description": f"A `text/event-stream` (Server-Sent Events). {events} Each event's "
             "`id` is the stream position after it (send it back as `Last-Event-ID`); a comment "
-            "line is sent every SHIM_SSE_KEEPALIVE_SECONDS while nothing happens.",
+            "line is sent every SHIM_SSE_KEEPALIVE_SECONDS while nothing happens. A resume that "
+            "could not start where asked (past the replay bound, or removed by retention) "
+            "begins with a `replay_truncated` event (`resumed_from`: the position it starts "
+            "at).",
             "content": {"text/event-stream": {"schema": {"type": "string"}, "example": example}},
         }
     }
@@ -64,16 +71,16 @@ class SseResponse(StreamingResponse):
             self._on_close()
 
 
-def _open_streams(state: Any) -> set[live.LiveStream]:
-    streams: set[live.LiveStream] | None = getattr(state, "live_streams", None)
-    if streams is None:
-        streams = set()
-        state.live_streams = streams
-    return streams
+def _slots(state: Any) -> StreamSlots:
+    slots: StreamSlots | None = getattr(state, "live_slots", None)
+    if slots is None:
+        slots = StreamSlots(state.settings)
+        state.live_slots = slots
+    return slots
 
 
 async def serve(
-    request: Request, sources: list[live.Source], last_event_id: str | None
+    request: Request, caller: Principal, sources: list[live.Source], last_event_id: str | None
 ) -> SseResponse:
     """Opens a stream of `sources` from `last_event_id` (or now) and answers with it."""
     state = request.app.state
@@ -84,28 +91,40 @@ async def serve(
             resume = live.parse_position(last_event_id, live.expected_positions(sources))
         except ValueError as exc:
             raise BadRequest(f"Last-Event-ID is not valid: {exc}") from exc
-    streams = _open_streams(state)
-    if len(streams) >= settings.shim_sse_max_streams:
-        raise Unavailable("too many live streams are open on this server; retry later")
+    release = _slots(state).take(caller)
     stream = live.LiveStream(settings, state.codec, sources, resume)
-    streams.add(stream)
 
     def close() -> None:
         stream.close()
-        streams.discard(stream)
+        release()
 
     try:
         start = await run_in_threadpool(stream.open)
-    except KafkaException as exc:
+    except BaseException as exc:  # whatever stops it, the slot is given back
         close()
-        raise Unavailable("Kafka is unavailable; retry later") from exc
+        if isinstance(exc, KafkaException):
+            raise Unavailable("Kafka is unavailable; retry later") from exc
+        raise
     stream.start(asyncio.get_running_loop())
     return SseResponse(_events(stream, start, settings.shim_sse_keepalive_seconds), close)
+
+
+def _truncated(start: str) -> str:
+    """Said when a resume starts later than its Last-Event-ID: the events in between are not
+    sent (the REST history has them)."""
+    data = {
+        "resumed_from": start,
+        "message": "Last-Event-ID is older than this stream replays; events before "
+        "resumed_from are not sent",
+    }
+    return f"id: {start}\nevent: replay_truncated\ndata: {json.dumps(data)}\n\n"
 
 
 async def _events(stream: live.LiveStream, start: str, keepalive: float) -> AsyncIterator[str]:
     # The start position first: a client that sees no event before reconnecting resumes here.
     yield f"retry: {RETRY_MS}\nid: {start}\n: stream open\n\n"
+    if stream.truncated:
+        yield _truncated(start)
     while True:
         item = await stream.next(keepalive)
         if item is None:
@@ -135,12 +154,14 @@ async def _events(stream: live.LiveStream, start: str, keepalive: float) -> Asyn
     },
     tags=["live"],
     summary="Live stream of my in-app messages and read-state changes",
+    description="429 (with Retry-After) past SHIM_SSE_MAX_STREAMS_PER_PRINCIPAL streams for "
+    "you or SHIM_SSE_MAX_STREAMS_PER_TENANT for your tenant.",
 )
 async def my_stream(request: Request, caller: User, last_event_id: LastEventId = None) -> Any:
     assert caller.user_id is not None
     topics = request.app.state.topics
     sources = live.user_sources(topics, caller.tenant_id, caller.user_id)
-    return await serve(request, sources, last_event_id)
+    return await serve(request, caller, sources, last_event_id)
 
 
 @router.get(
@@ -158,7 +179,9 @@ async def my_stream(request: Request, caller: User, last_event_id: LastEventId =
     },
     tags=["live"],
     summary="Live stream of my tenant's status events",
-    description="For API keys with the `read` scope and users with the `viewer` or `admin` role.",
+    description="For API keys with the `read` scope and users with the `viewer` or `admin` role. "
+    "429 (with Retry-After) past SHIM_SSE_MAX_STREAMS_PER_PRINCIPAL streams for the key or "
+    "user, or SHIM_SSE_MAX_STREAMS_PER_TENANT for the tenant.",
 )
 async def tenant_stream(
     request: Request,
@@ -171,4 +194,4 @@ async def tenant_stream(
 ) -> Any:
     statuses = frozenset(str(s) for s in status or ())
     sources = live.tenant_sources(request.app.state.topics, caller.tenant_id, statuses, batch_id)
-    return await serve(request, sources, last_event_id)
+    return await serve(request, caller, sources, last_event_id)

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     shim_sse_keepalive_seconds: float = 15.0
     # SSE streams open at once per shim process (each holds its own Kafka consumer); over: 503.
     shim_sse_max_streams: int = 200
+    # ...and per tenant, and per API key or user (one tenant cannot take them all); over: 429.
+    shim_sse_max_streams_per_tenant: int = 50
+    shim_sse_max_streams_per_principal: int = 10
+    # A Last-Event-ID replays at most this many messages per partition and this far back; an
+    # older one resumes at that bound and the stream says so (a `replay_truncated` event).
+    shim_sse_replay_max_messages: int = 10_000
+    shim_sse_replay_max_seconds: float = 3600.0
     # The shim's public base URL (https://notify.example.com), for checking provider
     # signatures over the URL they called (Twilio); unset: the URL of the request as received.
     shim_public_url: str | None = None

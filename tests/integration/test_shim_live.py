@@ -389,3 +389,128 @@ def test_stream_refusals(server: ShimServer, issuer: Issuer) -> None:
     expired = issuer.bearer(issuer.token(sub="rey", ttl=-120))
     assert httpx.get(me, headers=expired).status_code == 401
     assert httpx.get(f"{events}?status=lost", headers=KEY_A).status_code == 422
+
+
+# -- (d) limits: streams per tenant and per caller, how far back a resume replays ----------------
+
+KEY_E = {"X-API-Key": "key-e"}
+KEY_E2 = {"X-API-Key": "key-e2"}  # another key of tenant-e
+KEY_F = {"X-API-Key": "key-f"}
+REPLAY_MAX_MESSAGES = 3
+REPLAY_MAX_SECONDS = 4.0
+
+
+@pytest.fixture(scope="module")
+def limited(settings: Settings) -> Iterator[ShimServer]:
+    """A shim with small live-stream quotas and replay bound."""
+    keys = {"key-e": "tenant-e", "key-e2": "tenant-e", "key-f": "tenant-f", "key-g": "tenant-g"}
+    small = settings.model_copy(
+        update={
+            "shim_api_keys": {**settings.shim_api_keys, **keys},
+            "shim_sse_max_streams_per_tenant": 2,
+            "shim_sse_max_streams_per_principal": 1,
+            "shim_sse_replay_max_messages": REPLAY_MAX_MESSAGES,
+            "shim_sse_replay_max_seconds": REPLAY_MAX_SECONDS,
+        }
+    )
+    with ShimServer(small) as server:
+        yield server
+
+
+def refused(url: str, headers: dict[str, str]) -> httpx.Response:
+    """The answer to a stream request that must not open."""
+    with httpx.Client(timeout=10) as client, client.stream("GET", url, headers=headers) as r:
+        assert r.status_code != 200, "the stream opened"
+        r.read()
+        return r
+
+
+def test_streams_are_limited_per_caller_and_per_tenant(limited: ShimServer, issuer: Issuer) -> None:
+    url = f"{limited.url}/api/v1/events/stream"
+    viewer = bearer(issuer, "eve", tenant="tenant-e", roles=["viewer"])
+    # Each stream is held by a name: a reader dropped at once would close its connection.
+    with stream(url, KEY_E) as first:
+        again = refused(url, KEY_E)  # the same key: its share is one
+        assert again.status_code == 429, again.text
+        assert int(again.headers["Retry-After"]) >= 1
+        assert "these credentials" in again.json()["message"]
+        with stream(url, KEY_E2) as second:  # another key of the tenant: its second stream
+            third = refused(url, viewer)  # a user of the tenant: over the tenant's two
+            assert third.status_code == 429, third.text
+            assert "this tenant" in third.json()["message"]
+            with stream(url, KEY_F) as other:  # another tenant is not affected
+                assert other.start_id is not None
+            # The refused requests left the open streams alone.
+            assert first.quiet_for(0.5) == [] and second.quiet_for(0.5) == []
+            assert first.keepalives and second.keepalives
+    # Closed streams give their slots back (once the server sees the client gone).
+    deadline = time.monotonic() + 10
+    while True:
+        with httpx.Client(timeout=10) as client, client.stream("GET", url, headers=viewer) as r:
+            if r.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the slots of closed streams were not given back"
+        time.sleep(0.3)
+
+
+def on_partition(partition: int, partitions: int) -> str:
+    """A notification id murmur2 puts on `partition` (status events are keyed by it)."""
+    while expected_partition(nid := str(uuid.uuid4()), partitions) != partition:
+        pass
+    return nid
+
+
+def resumed_events(url: str, headers: dict[str, str], last_id: str) -> list[Event]:
+    with stream(url, {**headers, "Last-Event-ID": last_id}) as resumed:
+        return resumed.quiet_for(2.0)
+
+
+def test_a_resume_replays_no_more_than_the_bound_and_says_so(
+    limited: ShimServer, writer: Writer
+) -> None:
+    url = f"{limited.url}/api/v1/events/stream"
+    with stream(url, KEY_F) as opened:
+        opening = opened.start_id
+    assert opening is not None
+    mine = [
+        writer.status("tenant-f", "u", "sent", nid=on_partition(0, writer.partitions))
+        for _ in range(8)
+    ]
+    writer.flush()
+
+    events = resumed_events(url, KEY_F, opening)
+    assert events and events[0].event == "replay_truncated", [e.event for e in events]
+    resumed_from = events[0].data["resumed_from"]
+    assert events[0].id == resumed_from
+    got = [e.data["notification_id"] for e in events[1:]]
+    assert {e.event for e in events[1:]} == {"status"}
+    # At most the last REPLAY_MAX_MESSAGES messages of partition 0 (other writers may have
+    # added some of theirs): never the older ones.
+    assert got and set(got) <= set(mine[-REPLAY_MAX_MESSAGES:]), got
+
+    # A resume within the bound is exact and not flagged.
+    last = events[-1].id
+    assert last is not None
+    more = writer.status("tenant-f", "u", "delivered", nid=on_partition(0, writer.partitions))
+    writer.flush()
+    again = resumed_events(url, KEY_F, last)
+    assert [(e.event, e.data["notification_id"]) for e in again] == [("status", more)]
+
+
+def test_a_resume_replays_no_further_back_than_the_time_bound(
+    limited: ShimServer, writer: Writer
+) -> None:
+    url = f"{limited.url}/api/v1/events/stream"
+    headers = {"X-API-Key": "key-g"}
+    with stream(url, headers) as opened:
+        opening = opened.start_id
+    assert opening is not None
+    old = writer.status("tenant-g", "u", "sent", nid=on_partition(1, writer.partitions))
+    writer.flush()
+    time.sleep(REPLAY_MAX_SECONDS + 1)
+    new = writer.status("tenant-g", "u", "delivered", nid=on_partition(1, writer.partitions))
+    writer.flush()
+
+    events = resumed_events(url, headers, opening)
+    assert [e.event for e in events] == ["replay_truncated", "status"]
+    assert events[1].data["notification_id"] == new != old
