@@ -205,6 +205,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--demo", action="store_true", help="exit after the samples are done")
     args = parser.parse_args()
+    # Everything `make run` starts listens on 127.0.0.1, the seeded SMTP provider included:
+    # allow private provider targets for this local stack only (off by default elsewhere).
+    os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
     settings = get_settings()
     log_dir = REPO / "var" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

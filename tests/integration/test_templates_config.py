@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,26 @@ def totals(output: str) -> tuple[int, int]:
     [line] = [line for line in output.splitlines() if line.startswith("total:")]
     written, unchanged = (int(part.split()[0]) for part in line[len("total: ") :].split(", "))
     return written, unchanged
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    kafka_bootstrap: str, fresh_database: str, smtp: SmtpCapture, log_dir: Path
+) -> Iterator[Pipeline]:
+    """The pipeline with private targets allowed: the seed's SMTP provider is 127.0.0.1, the
+    capture `make run` starts (the egress guard refuses it otherwise, as it should)."""
+    pipe = Pipeline(
+        bootstrap=kafka_bootstrap,
+        database_url=fresh_database,
+        smtp_port=smtp.port,
+        log_dir=log_dir,
+        extra_env={"WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"},
+    )
+    pipe.start(shim=True)
+    try:
+        yield pipe
+    finally:
+        pipe.stop()
 
 
 @pytest.fixture(scope="module")
