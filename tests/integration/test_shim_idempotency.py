@@ -11,8 +11,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -30,21 +29,12 @@ from streams.kafka_clients import producer_config
 from streams.provision import provision
 from streams.settings import Settings
 from tests.support.jwks import Issuer
+from tests.support.pipeline import wait_until
 
 pytestmark = pytest.mark.integration
 
 CODEC = build_codec(None, SchemaCatalog.load())
 KEY_A = {"X-API-Key": "key-a"}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +202,7 @@ def test_two_end_users_with_one_key_on_a_me_route_each_get_their_own_answer(
     dora, eve = f"dora-{uuid.uuid4().hex[:6]}", f"eve-{uuid.uuid4().hex[:6]}"
     seed_unread(settings, topics, dora, 2)
     seed_unread(settings, topics, eve, 1)
-    wait_for(
+    wait_until(
         lambda: (
             user_unread_count(engine, "tenant-a", dora) == 2
             and user_unread_count(engine, "tenant-a", eve) == 1
@@ -232,7 +222,7 @@ def test_two_end_users_with_one_key_on_a_me_route_each_get_their_own_answer(
     assert by_eve.status_code == 202, by_eve.text
     assert "Idempotent-Replayed" not in by_eve.headers  # not dora's answer
     assert by_eve.json()["marked"] == 1
-    wait_for(
+    wait_until(
         lambda: user_unread_count(engine, "tenant-a", eve) == 0, 15, "eve's message to be read"
     )
 
