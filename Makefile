@@ -30,7 +30,7 @@ lint: ## ruff check, ruff format --check, docker-compose config -q
 	scripts/bootstrap.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	docker-compose -f docker-compose.yml config -q
+	POSTGRES_PASSWORD=validate-only docker-compose -f docker-compose.yml config -q
 
 typecheck: ## mypy (packages configured in pyproject.toml)
 	scripts/bootstrap.sh

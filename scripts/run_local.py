@@ -37,6 +37,9 @@ from streams.provision import provision  # noqa: E402
 from streams.settings import get_settings  # noqa: E402
 
 SHIM_PORT = int(os.environ.get("SHIM_PORT", "8000"))
+# The local demo key, set here and only here (the library default has no keys): every child
+# process this script starts inherits it. An SHIM_API_KEYS of your own wins.
+os.environ.setdefault("SHIM_API_KEYS", json.dumps({"demo-key": "demo"}))
 API_KEY = next(iter(get_settings().shim_api_keys))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,19 @@ class Settings(BaseSettings):
     # on one broker, and lets several environments share a cluster.
     topic_prefix: str = ""
     app_id: str = "notifications"
+    # How every client (workers, shim, sink, provisioning, tools) reaches the brokers
+    # (docs/security.md). PLAINTEXT is unauthenticated: only for a network no one else reaches.
+    # The translations to client options are streams.kafka_clients.security_config
+    # (confluent-kafka) and streams.kafka_auth.faust_credentials (Faust, aiokafka).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # PEM files: the CA that signed the brokers' certificates (unset: the system's CAs), and a
+    # client certificate and key for brokers that authenticate clients by TLS (mTLS).
+    kafka_ssl_ca_file: str | None = None
+    kafka_ssl_cert_file: str | None = None
+    kafka_ssl_key_file: str | None = None
 
     # Faust worker
     # Which priority lane(s) this worker serves (streams/lanes.py). "transactional" runs the
@@ -118,8 +131,9 @@ class Settings(BaseSettings):
 
     # HTTP shim (docs/api.md). Bootstrap API keys: key -> tenant id, a JSON object in the
     # environment; they have every scope. Keys created through the admin API live (hashed)
-    # on config.api-keys instead.
-    shim_api_keys: dict[str, str] = Field(default_factory=lambda: {"demo-key": "demo"})
+    # on config.api-keys instead. None by default: a well-known key with every scope must never
+    # be a library default (`make run` sets its demo key explicitly, scripts/run_local.py).
+    shim_api_keys: dict[str, str] = Field(default_factory=dict)
     shim_produce_timeout_seconds: float = 10.0
     # The platform operator's token for /api/v1/platform (creating tenants); unset: disabled.
     shim_operator_token: SecretStr | None = None
@@ -168,6 +182,58 @@ class Settings(BaseSettings):
     shim_idempotency_max_bytes: int = 64 * 1024 * 1024
 
     log_level: str = "INFO"
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_or_unset(cls, value: object) -> object:
+        # `sasl_ssl` reads as SASL_SSL; an empty variable (KAFKA_SASL_MECHANISM=) as unset.
+        if isinstance(value, str):
+            return value.strip().upper() or None
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_consistent(self) -> Settings:
+        # Refuse to start rather than silently connect without the security asked for.
+        protocol = self.kafka_security_protocol
+        sasl_set = [
+            name
+            for name, value in (
+                ("KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                ("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+            )
+            if value is not None
+        ]
+        ssl_set = [
+            name
+            for name, value in (
+                ("KAFKA_SSL_CA_FILE", self.kafka_ssl_ca_file),
+                ("KAFKA_SSL_CERT_FILE", self.kafka_ssl_cert_file),
+                ("KAFKA_SSL_KEY_FILE", self.kafka_ssl_key_file),
+            )
+            if value
+        ]
+        if protocol.startswith("SASL_"):
+            missing = {"KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"}
+            missing -= set(sasl_set)
+            if missing:
+                raise ValueError(
+                    f"KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(sorted(missing))} "
+                    "(mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+                )
+        elif sasl_set:
+            raise ValueError(
+                f"{', '.join(sasl_set)} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                "SASL: set it to SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if ssl_set and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"{', '.join(ssl_set)} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                "TLS: set it to SSL or SASL_SSL"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together: set both")
+        return self
 
     def topic(self, name: str) -> str:
         """The physical topic name for a logical name from topics.yaml."""

@@ -241,3 +241,23 @@ def test_unreachable_broker_answers_503_not_202(settings: Settings) -> None:
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["checks"]["kafka"] != "ok"
+
+
+def test_a_shim_started_without_configured_keys_refuses_the_demo_key(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No well-known key works unless someone configured it (issue 21, HIGH 3)."""
+    monkeypatch.delenv("SHIM_API_KEYS", raising=False)
+    unconfigured = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        database_url=settings.database_url,
+    )
+    body = {"recipients": [{"user_id": "u1"}], "channels": ["email"], "content": {"text": "x"}}
+    with TestClient(create_app(unconfigured)) as client:
+        for key in ("demo-key", "key-a"):
+            response = client.post("/api/v1/notifications", json=body, headers={"X-API-Key": key})
+            assert response.status_code == 401, response.text
+            listing = client.get("/api/v1/admin/providers", headers={"X-API-Key": key})
+            assert listing.status_code == 401, listing.text
