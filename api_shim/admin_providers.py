@@ -35,9 +35,11 @@ from connectors.base import Connector, ProviderConfig
 from connectors.egress import Egress, Target, TargetRefused, check_targets
 from connectors.errors import ConnectorError, DeliveryError, RetryableDeliveryError
 from connectors.registry import PROVIDERS
+from connectors.setting_text import settings_from_text
 from streams.config.apply import provider_box
 from streams.config.kinds import ConfigError
 from streams.providers import PIPELINE_SETTINGS
+from streams.rate_limits import parse_rate
 from streams.sealing import SealingError, SecretBox
 
 router = APIRouter(tags=["admin"])
@@ -110,10 +112,6 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _from_text(raw: str) -> Any:
-    return json.loads(raw) if raw[:1] in "[{" else raw
-
-
 def _mentions_secret(annotation: Any) -> bool:
     if annotation is SecretStr:
         return True
@@ -141,17 +139,17 @@ def _check(
             raise FieldProblem(f"{where}.{name}", "is set by the platform operator")
     for name in sorted(secret_fields(cls.config_model) & set(settings)):
         raise FieldProblem(f"settings.{name}", "is a secret: give it in `secrets` (write-only)")
-    values = {k: _from_text(v) for k, v in settings.items() if k not in PIPELINE_SETTINGS}
+    model = cls.config_model
+    values = settings_from_text(
+        model, {k: v for k, v in settings.items() if k not in PIPELINE_SETTINGS}
+    )
     for name in PIPELINE_SETTINGS & set(settings):
         try:
-            if float(settings[name]) <= 0:
-                raise ValueError
-        except ValueError:
-            raise FieldProblem(f"settings.{name}", "must be a positive number") from None
+            parse_rate(settings[name])
+        except ValueError as exc:
+            raise FieldProblem(f"settings.{name}", str(exc)) from None
     try:
-        config = cls.config_model.model_validate(
-            {**values, **{k: _from_text(v) for k, v in secrets.items()}}
-        )
+        config = model.model_validate({**values, **settings_from_text(model, secrets)})
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api_shim import errors
 from api_shim.admin_common import (
+    FieldProblem,
     KeyIdPath,
     TenantIdPath,
     as_datetime,
@@ -30,6 +31,7 @@ from api_shim.admin_models import (
 from api_shim.auth import SCOPES, Admin, Operator, Principal, new_api_key
 from api_shim.errors import AUTHENTICATED, Conflict, Forbidden, NotFound
 from api_shim.idempotency import IdempotencyKey
+from streams.rate_limits import parse_rate
 
 router = APIRouter()
 
@@ -216,8 +218,13 @@ async def patch_tenant(
     for name, value in body.settings.items():
         if value is None:
             settings.pop(name, None)
-        else:
-            settings[name] = value
+            continue
+        if name == "rate_limit_per_second":
+            try:
+                parse_rate(value)
+            except ValueError as exc:
+                raise FieldProblem(f"settings.{name}", str(exc)) from None
+        settings[name] = value
     enabled = record["enabled"] if body.enabled is None else body.enabled
     updated = {**record, "enabled": enabled, "settings": settings, "updated_at": now_ms()}
     return tenant_out(await write(request, TENANTS, "Tenant", tenant_id, updated))

@@ -46,7 +46,8 @@ from api_shim.models import ErrorBody
 from api_shim.publish import publish
 from connectors import mailgun, registry
 from connectors.receipts import Receipt, receipt_record
-from streams.providers import GLOBAL_TENANT, PIPELINE_SETTINGS, _setting_value
+from connectors.setting_text import settings_from_text
+from streams.providers import GLOBAL_TENANT, PIPELINE_SETTINGS
 from streams.sealing import SealingError, SecretBox
 from streams.settings import Settings
 
@@ -133,16 +134,8 @@ def _config(settings: Settings, record: dict[str, Any]) -> Any:
     """The connector's configuration model from a ProviderConfig record, as the workers build
     it (streams.providers.ProviderPool): settings, then opened secrets over them."""
     pid = f"{record['tenant_id']}:{record['provider_id']}"
-    try:
-        values = {
-            k: _setting_value(v)
-            for k, v in (record.get("settings") or {}).items()
-            if k not in PIPELINE_SETTINGS
-        }
-    except ValueError:  # a setting that starts like JSON and is not
-        raise Forbidden(
-            f"provider configuration {record['provider_id']!r} is invalid (settings)"
-        ) from None
+    model = registry.provider_class(record["provider"]).config_model
+    values = {k: v for k, v in (record.get("settings") or {}).items() if k not in PIPELINE_SETTINGS}
     sealed = record.get("secrets_sealed")
     if sealed:
         try:
@@ -158,10 +151,9 @@ def _config(settings: Settings, record: dict[str, Any]) -> Any:
                 f"the secrets of provider configuration {record['provider_id']!r} cannot be "
                 "opened by this service; retry later"
             ) from None
-        values.update({k: _setting_value(v) for k, v in secrets.items()})
-    model = registry.provider_class(record["provider"]).config_model
+        values.update(secrets)
     try:
-        return model.model_validate(values)
+        return model.model_validate(settings_from_text(model, values))
     except ValidationError as exc:
         # Field names only: values may be secret.
         fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())

@@ -15,6 +15,7 @@ Status: sent | delivered | deferred (retry due) | failed (why, retriable or not)
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -40,7 +41,7 @@ from streams.fallback import fall_back
 from streams.lane_agents import lane_agents
 from streams.lanes import delivery_topic, lane_of
 from streams.providers import ProviderPool
-from streams.rate_limits import RateLimits
+from streams.rate_limits import RateLimits, parse_rate
 from streams.retry import backoff_seconds, park
 from streams.sealing import SecretBox
 
@@ -87,6 +88,7 @@ pool = ProviderPool(
     env=_env_providers(),
 )
 config_views.providers.add_listener(pool.on_config)
+log = logging.getLogger(__name__)
 breakers = Breakers(
     BreakerPolicy(
         window_seconds=settings.breaker_window_seconds,
@@ -96,7 +98,8 @@ breakers = Breakers(
         open_seconds=settings.breaker_open_seconds,
     )
 )
-limits = RateLimits()
+# A wait never exceeds the retry backoff's maximum, whatever rate a config names.
+limits = RateLimits(max_wait_seconds=settings.deliver_backoff_max_seconds)
 
 
 def outbound(notification: dict[str, Any]) -> OutboundMessage:
@@ -128,7 +131,13 @@ def partition_share(topic: str) -> float:
 def tenant_rate(tenant_id: str) -> float | None:
     tenant = config_views.tenants.get(tenant_id) or {}
     configured = (tenant.get("settings") or {}).get("rate_limit_per_second")
-    return float(configured) if configured else settings.tenant_rate_limit_per_second
+    if not configured:
+        return settings.tenant_rate_limit_per_second
+    try:
+        return parse_rate(configured)
+    except ValueError as exc:  # a record written before the check: the platform default
+        log.warning("tenant %s: rate_limit_per_second %r %s", tenant_id, configured, exc)
+        return settings.tenant_rate_limit_per_second
 
 
 async def handle(event: EventT) -> None:

@@ -12,7 +12,6 @@ platform-wide config), "env:smtp" (built from this process's environment).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from connectors import registry
 from connectors.base import Connector
 from connectors.egress import Egress, guarded_client
 from connectors.errors import ConnectorError
+from connectors.setting_text import settings_from_text
+from streams.rate_limits import parse_rate
 from streams.sealing import SealingError, SecretBox
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,6 @@ def candidate_ids(
     return usable
 
 
-def _setting_value(raw: str) -> Any:
-    """Settings travel as strings; lists and objects (e.g. Apprise URLs) as JSON."""
-    return json.loads(raw) if raw[:1] in "[{" else raw
-
-
 class ProviderPool:
     """Connectors built from configuration records, rebuilt when a record changes."""
 
@@ -187,15 +183,16 @@ class ProviderPool:
         return candidate
 
     def _build(self, provider_id: str, record: dict[str, Any]) -> Candidate:
-        settings = {k: _setting_value(v) for k, v in record.get("settings", {}).items()}
+        settings: dict[str, Any] = dict(record.get("settings", {}))
         rate = settings.pop("rate_per_sec", None)
         # The SSRF guard is the operator's to lift (tests), never a tenant's: a stored
         # setting of that name (older records) is dropped, not honoured.
         settings.pop("allow_private_targets", None)
         try:
-            secrets = self._open(record)
+            model = registry.provider_class(record["provider"]).config_model
+            values = settings_from_text(model, {**settings, **self._open(record)})
             connector = registry.build(
-                record["provider"], {**settings, **secrets}, http=self._http, egress=self.egress
+                record["provider"], values, http=self._http, egress=self.egress
             )
         except ValidationError as exc:
             # Field names only: pydantic's message may echo a value, and values may be secret.
@@ -203,19 +200,22 @@ class ProviderPool:
             raise ProviderConfigError(f"{provider_id}: invalid configuration ({fields})") from None
         except (ConnectorError, SealingError) as exc:
             raise ProviderConfigError(f"{provider_id}: {exc}") from exc
-        default_rate = connector.rate_per_sec
-        return Candidate(provider_id, connector, float(rate) if rate else default_rate)
+        if not rate:
+            return Candidate(provider_id, connector, connector.rate_per_sec)
+        try:
+            return Candidate(provider_id, connector, parse_rate(rate))
+        except ValueError as exc:  # checked by the admin API; a record from before the check
+            raise ProviderConfigError(f"{provider_id}: rate_per_sec {exc}") from None
 
-    def _open(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _open(self, record: dict[str, Any]) -> dict[str, str]:
         sealed = record.get("secrets_sealed")
         if not sealed:
             return {}
         if self._box is None:
             raise SealingError("sealed secrets, but PROVIDER_SECRETS_KEY is not set")
-        secrets = self._box.open(
+        return self._box.open(
             sealed, tenant_id=record["tenant_id"], provider_id=record["provider_id"]
         )
-        return {k: _setting_value(v) for k, v in secrets.items()}
 
     async def close(self) -> None:
         for _, candidate in self._built.values():

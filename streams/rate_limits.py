@@ -7,12 +7,33 @@ use the tokens a password reset needs.
 
 Buckets are per worker. A limit is shared across workers by the share of the delivery
 partitions each one owns, so N workers together stay within the configured rate.
+
+Rates are bounded (`parse_rate`) and so are waits (`max_wait_seconds`): a rate of 1e-7/s
+would otherwise park a message for ~10^7 s on the long retry tier, ahead of every tenant's
+retries in that partition.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+
+MIN_RATE_PER_SEC = 0.01  # one message per 100 s
+MAX_RATE_PER_SEC = 1_000_000.0
+
+
+def parse_rate(raw: object) -> float:
+    """A configured rate (messages per second) as a float; ValueError saying what is allowed."""
+    try:
+        rate = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of messages per second") from None
+    if math.isnan(rate) or not MIN_RATE_PER_SEC <= rate <= MAX_RATE_PER_SEC:
+        raise ValueError(
+            f"must be between {MIN_RATE_PER_SEC:g} and {MAX_RATE_PER_SEC:g} messages per second"
+        )
+    return rate
 
 
 @dataclass
@@ -44,8 +65,9 @@ class TokenBucket:
 class RateLimits:
     """Buckets by name ("provider:<id>", "tenant:<id>"), rebuilt when the rate changes."""
 
-    def __init__(self, burst_seconds: float = 1.0) -> None:
+    def __init__(self, burst_seconds: float = 1.0, max_wait_seconds: float = math.inf) -> None:
         self.burst_seconds = burst_seconds
+        self.max_wait_seconds = max_wait_seconds
         self._buckets: dict[str, TokenBucket] = {}
 
     def take(
@@ -57,14 +79,16 @@ class RateLimits:
         reserve_fraction: float = 0.0,
         now: float | None = None,
     ) -> float:
-        """0.0 if allowed (a token was taken), else seconds to wait. No rate: unlimited."""
+        """0.0 if allowed (a token was taken), else seconds to wait (at most max_wait_seconds).
+        No rate: unlimited. A rate below MIN_RATE_PER_SEC (a record from before the check)
+        counts as that minimum."""
         if rate is None or rate <= 0:
             return 0.0
-        local_rate = rate * max(share, 0.01)
+        local_rate = max(rate, MIN_RATE_PER_SEC) * max(share, 0.01)
         # At least 2, so a reserve still leaves whole tokens for the bulk lane.
         burst = max(2.0, local_rate * self.burst_seconds)
         bucket = self._buckets.get(name)
         if bucket is None or bucket.rate != local_rate:
             started = time.monotonic() if now is None else now
             bucket = self._buckets[name] = TokenBucket(local_rate, burst, burst, started)
-        return bucket.take(reserve=burst * reserve_fraction, now=now)
+        return min(bucket.take(reserve=burst * reserve_fraction, now=now), self.max_wait_seconds)

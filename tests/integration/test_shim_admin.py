@@ -352,6 +352,15 @@ def test_a_tenant_admin_edits_its_settings_but_not_the_operators(
     settings = client.get("/api/v1/admin/tenant", headers=admin_q).json()["settings"]
     assert settings == {"brand": "blue", "rate_limit_per_second": "3"}
 
+    # The operator's quota is a bounded rate (issue 21, MEDIUM 9).
+    for bad in ("0.0000001", "lots"):
+        patched = client.patch(
+            "/api/v1/platform/tenants/tenant-q",
+            json={"settings": {"rate_limit_per_second": bad}},
+            headers=OPERATOR,
+        )
+        assert field_of(patched) == "settings.rate_limit_per_second"
+
 
 # -- API keys ------------------------------------------------------------------------------------
 
@@ -598,6 +607,8 @@ def test_provider_secrets_are_sealed_and_never_answered(client: TestClient, pipe
         ({"settings": {"sender": "x", "api_key": SENDGRID_KEY}}, "settings.api_key"),
         ({"settings": {"sender": "x", "timeout_seconds": "soon"}}, "settings.timeout_seconds"),
         ({"settings": {"sender": "x", "rate_per_sec": "-1"}}, "settings.rate_per_sec"),
+        # A rate that would park messages for ~10^7 s (issue 21, MEDIUM 9).
+        ({"settings": {"sender": "x", "rate_per_sec": "0.0000001"}}, "settings.rate_per_sec"),
         ({"settings": {}}, "settings.sender"),
         ({"priority": "first"}, "priority"),
     ],
@@ -611,6 +622,18 @@ def test_invalid_provider_configurations_name_the_field(
     assert field_of(response) == field
     assert SENDGRID_KEY not in response.text
     assert client.get("/api/v1/admin/providers/bad", headers=BOOT_A).status_code == 404
+
+
+def test_settings_that_start_like_json_are_text_or_a_422_never_a_500(client: TestClient) -> None:
+    """A sender such as "[Acme] <...>" is text; a list field given text that is not JSON is a
+    422 naming it (issue 21, MEDIUM 14: both were a JSONDecodeError, a 500)."""
+    bracketed = {**SENDGRID, "settings": {"sender": "[Acme] <no-reply@acme.example>"}}
+    put = client.put("/api/v1/admin/providers/bracketed", json=bracketed, headers=BOOT_A)
+    assert put.status_code == 201, put.text
+    assert put.json()["settings"] == {"sender": "[Acme] <no-reply@acme.example>"}
+    apprise = {"channel": "chat", "provider": "apprise", "secrets": {"urls": "[not json"}}
+    refused = client.put("/api/v1/admin/providers/apprise-bad", json=apprise, headers=BOOT_A)
+    assert field_of(refused) == "secrets.urls"
 
 
 def test_webhook_providers_cannot_lift_the_ssrf_guard(client: TestClient) -> None:

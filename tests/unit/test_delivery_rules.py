@@ -10,7 +10,7 @@ import pytest
 from streams.breakers import BreakerPolicy, CircuitBreaker
 from streams.fallback import fallback_notification
 from streams.providers import candidate_ids, foreign_override
-from streams.rate_limits import RateLimits, TokenBucket
+from streams.rate_limits import MIN_RATE_PER_SEC, RateLimits, TokenBucket, parse_rate
 from streams.retry import backoff_seconds, tier_for
 from streams.sealing import SealingError, SecretBox, new_key
 
@@ -207,6 +207,25 @@ def test_rate_is_shared_by_partition_share() -> None:
     limits = RateLimits(burst_seconds=1.0)
     granted = sum(1 for _ in range(100) if limits.take("tenant:t", 40, share=0.25, now=0) == 0)
     assert granted == 10
+
+
+def test_a_wait_never_exceeds_the_cap_whatever_the_rate() -> None:
+    """rate_per_sec 1e-7 used to park a message ~10^7 s on the long retry tier (issue 21,
+    MEDIUM 9); now a wait is at most the backoff maximum the deliver stage passes."""
+    limits = RateLimits(burst_seconds=1.0, max_wait_seconds=600.0)
+    waits = [limits.take("provider:slow", 1e-7, now=0) for _ in range(5)]
+    assert waits[:2] == [0.0, 0.0]  # the burst
+    assert all(0 < wait <= 600.0 for wait in waits[2:])
+
+
+@pytest.mark.parametrize("raw", ["0.0000001", "0", "-1", "nan", "inf", "fast", None, "1e9"])
+def test_rates_out_of_bounds_are_refused(raw: object) -> None:
+    with pytest.raises(ValueError, match="messages per second"):
+        parse_rate(raw)
+
+
+def test_rates_in_bounds_are_parsed() -> None:
+    assert parse_rate("2.5") == 2.5 and parse_rate(MIN_RATE_PER_SEC) == MIN_RATE_PER_SEC
 
 
 def test_no_rate_means_unlimited() -> None:
