@@ -143,10 +143,12 @@ class Connector(ABC, Generic[ConfigT]):
                 provider_fault=True,
             )
         except Exception as exc:
-            # A bug in a connector must not stop the partition; the retry path bounds it.
+            # A bug in a connector must not stop the partition; the retry path bounds it. It is
+            # not evidence of a provider outage: a message that provokes it must not trip the
+            # breaker every tenant of this provider shares (nor fail over to the next).
             log.exception("provider %s raised unexpectedly", self.name)
             return self.failure(
-                f"connector error: {type(exc).__name__}", retriable=True, provider_fault=True
+                f"connector error: {type(exc).__name__}", retriable=True, provider_fault=False
             )
 
     def failure(

@@ -9,6 +9,8 @@
         └── PermanentDeliveryError      retrying the same request cannot help
             ├── InvalidAddressError     the recipient address or device token is invalid
             │                           (no provider can help; a `device.invalid` event follows)
+            ├── MessageRejectedError    the message itself cannot be sent (a header with a line
+            │                           break, ...): no provider can help, no breaker counts it
             └── ProviderRejectedError   this provider refused us (401/403: credentials, account):
                                         permanent here, but another provider may succeed
 
@@ -54,6 +56,10 @@ class PermanentDeliveryError(DeliveryError):
 
 class InvalidAddressError(PermanentDeliveryError):
     address_invalid = True
+
+
+class MessageRejectedError(PermanentDeliveryError):
+    """The message's fault, never the provider's: it must not trip a breaker other tenants share."""
 
 
 class ProviderRejectedError(PermanentDeliveryError):

@@ -18,6 +18,7 @@ from connectors.base import Connector, DeliveryResult, OutboundMessage, Provider
 from connectors.egress import Target, open_checked_socket
 from connectors.errors import (
     InvalidAddressError,
+    MessageRejectedError,
     PermanentDeliveryError,
     ProviderRejectedError,
     RetryableDeliveryError,
@@ -85,6 +86,15 @@ class SmtpConnector(Connector[SmtpConfig]):
         )
 
     def _build(self, message: OutboundMessage) -> EmailMessage:
+        """The email; the message's own faults (a line break in a header) are permanent."""
+        if any(c in message.to for c in "\r\n\0"):
+            raise InvalidAddressError("the recipient address contains a line break")
+        try:
+            return self._compose(message)
+        except (ValueError, TypeError) as exc:  # email.policy refuses CR/LF in header values
+            raise MessageRejectedError(f"the message cannot be sent as email: {exc}") from None
+
+    def _compose(self, message: OutboundMessage) -> EmailMessage:
         email = EmailMessage()
         email["From"] = self.config.sender
         email["To"] = message.to

@@ -402,3 +402,33 @@ def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
         'notifications_stage_latency_seconds_count{stage="deliver"}',
     ):
         assert line in text, line
+
+
+def test_messages_the_provider_cannot_take_fail_alone_and_trip_no_shared_breaker(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """A line break in a subject is the message's fault, not the SMTP provider's: five such
+    notifications from one tenant fail once each, permanently, and another tenant's clean
+    email through the same provider (env:smtp, breaker min 5 calls) is still sent at once
+    (issue 21, MEDIUM 10: they counted as provider failures, x attempts, and opened the breaker
+    every tenant shares)."""
+    broken = {"subject": "Invoice\nBcc: everyone@example.test", "text": "x", "html": None}
+    bad_ids = []
+    for i in range(5):
+        record = request_record(f"crlf{i}", content=broken)
+        pipeline.produce_record("notifications.requests", f"acme:crlf{i}", record)
+        bad_ids.append(notification_id(record["request_id"], f"crlf{i}", "email"))
+    pipeline.flush()
+    pipeline.wait_for_status(bad_ids, {"failed"}, timeout=30)
+    for nid in bad_ids:
+        [failed] = [e for e in pipeline.statuses[nid] if e["status"] == "failed"]
+        assert failed["stage"] == "deliver" and not failed["retriable"], failed
+        assert "linefeed" in failed["reason"], failed  # one attempt: `[failed]` above
+
+    clean = request_record("clean-globex", tenant="globex")
+    pipeline.produce_record("notifications.requests", "globex:clean-globex", clean)
+    pipeline.flush()
+    clean_id = notification_id(clean["request_id"], "clean-globex", "email")
+    pipeline.wait_for_status([clean_id], {"sent"}, timeout=20)
+    assert len(smtp.by_notification_id()[clean_id]) == 1
+    assert not set(bad_ids) & set(smtp.by_notification_id())
