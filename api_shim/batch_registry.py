@@ -35,7 +35,6 @@ TOPIC = "shim.batches"
 COMMANDS = "notifications.batches"
 OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
 _RANK = {OPEN: 0, CLOSED: 1, CANCELLED: 2}
-_UPLOAD_BATCHES = uuid.UUID("5d0f6a4e-2b1c-4f7a-9e3d-8c6b1a2f4e51")
 
 
 def now_ms() -> int:
@@ -54,6 +53,8 @@ class RegistryView(CompactedView):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._order = threading.Lock()
+        # (tenant, upload_id) -> batch_id: a retried upload finds (and resumes) its batch.
+        self._uploads: dict[tuple[str, str], str] = {}
 
     def apply(self, key: str, record: Record | None) -> None:
         with self._order:
@@ -63,11 +64,20 @@ class RegistryView(CompactedView):
                     return
                 record = {**record, "state": later_state(current["state"], record["state"])}
             super().apply(key, record)
+            upload = (record or {}).get("upload")
+            if record is not None and upload is not None:
+                self._uploads[(record["tenant_id"], upload["upload_id"])] = key
+
+    def upload_batch(self, tenant_id: str, upload_id: str) -> str | None:
+        return self._uploads.get((tenant_id, upload_id))
 
 
-def upload_batch_id(tenant_id: str, upload_id: str) -> str:
-    """An upload's batch: derived, so a retried upload finds (and resumes) the same batch."""
-    return str(uuid.uuid5(_UPLOAD_BATCHES, f"{tenant_id}:{upload_id}"))
+def upload_batch_id(state: State, tenant_id: str, upload_id: str) -> str:
+    """An upload's batch: the one a first attempt created (any shim process, once its view has
+    read it), else a new random id. Never derived from the upload id: a tenant who knows or
+    guesses another's upload id must not be able to compute that tenant's batch id."""
+    view: RegistryView = state.views[TOPIC]
+    return view.upload_batch(tenant_id, upload_id) or str(uuid.uuid4())
 
 
 def new_record(

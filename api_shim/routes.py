@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
+from api_shim import batch_registry as registry
 from api_shim import errors
 from api_shim.auth import Principal, Reader, Sender
-from api_shim.errors import AUTHENTICATED, NotFound, Unavailable
+from api_shim.errors import AUTHENTICATED, InvalidField, NotFound, Unavailable
 from api_shim.idempotency import IdempotencyKey, Packing, idempotent
 from api_shim.models import Accepted, NotificationCreate, NotificationOut
 from api_shim.publish import publish
@@ -76,7 +77,13 @@ async def produce_request(
     idempotency_key: str | None,
     traceparent: str | None,
 ) -> Accepted:
-    """One NotificationRequest onto its lane's request topic; the ids it will yield."""
+    """One NotificationRequest onto its lane's request topic; the ids it will yield.
+    InvalidField for a batch the caller's tenant does not own (issue 21, MEDIUM 8)."""
+    if body.batch_id is not None and registry.find(state, caller.tenant_id, body.batch_id) is None:
+        raise InvalidField(
+            "batch_id",
+            f"no batch {body.batch_id!r} of this tenant (create one: POST /api/v1/batches)",
+        )
     record = request_record(body, tenant_id=caller.tenant_id, idempotency_key=idempotency_key)
     await publish(
         state,

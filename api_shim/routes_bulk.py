@@ -117,7 +117,7 @@ def _start(state: State, caller: Principal, upload_id: str) -> Upload:
     existing = uploads.get(caller.tenant_id, upload_id)
     if existing is not None and existing.state == RECEIVING:
         raise Conflict(f"upload {upload_id} is still receiving")
-    batch_id = registry.upload_batch_id(caller.tenant_id, upload_id)
+    batch_id = registry.upload_batch_id(state, caller.tenant_id, upload_id)
     record = registry.find(state, caller.tenant_id, batch_id)
     summary = (record or {}).get("upload") or {}
     finished = existing is not None and existing.state in (DONE, CANCELLED)
@@ -206,9 +206,8 @@ async def upload_csv(
 
 
 def _find(state: State, caller: Principal, upload_id: str) -> tuple[Upload | None, Any]:
-    record = registry.find(
-        state, caller.tenant_id, registry.upload_batch_id(caller.tenant_id, upload_id)
-    )
+    batch_id = state.views[registry.TOPIC].upload_batch(caller.tenant_id, upload_id)
+    record = registry.find(state, caller.tenant_id, batch_id) if batch_id else None
     if record is not None and record.get("upload") is None:
         record = None
     return state.uploads.get(caller.tenant_id, upload_id), record

@@ -9,6 +9,10 @@ counters are exact because each shard of a batch stores its members' states next
 counts and is written as one value: there is no moment where one is updated and not the
 other.
 
+A status counts in a batch only if the batch exists and belongs to the notification's tenant:
+another tenant's notifications carrying its batch id (a request published straight to Kafka)
+never move its counters or complete it early.
+
 Batch completion: once a batch's expected total is known (streams.batches) and that many
 members are final, `batch.completed` goes to notifications.batch-events, once. See
 docs/batches.md.
@@ -16,6 +20,7 @@ docs/batches.md.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from streams.lifecycle import FINAL_STATUSES, rank
 
 STAGE = "status"
 BATCH_SHARDS = 16
+log = logging.getLogger(__name__)
 
 notification_state = table("notification-state")  # notification_id -> latest state
 # f"{batch_id}#{shard}" -> {"members": {nid: [status, rank]}, "counts": {status: n}, "final": n}
@@ -109,6 +115,15 @@ async def handle_batch_status(event: EventT) -> None:
     if status is None:
         return
     batch_id = status["batch_id"]
+    batch = batches.get(batch_id)
+    if batch is None or batch["tenant_id"] != status["tenant_id"]:
+        log.warning(
+            "status of %s (tenant %s) names batch %s, not one of its tenant's: not counted",
+            status["notification_id"],
+            status["tenant_id"],
+            batch_id,
+        )
+        return
     key = shard_key(batch_id, status["notification_id"])
     new_rank = rank(status["status"], status["retriable"])
     # No await between the read and the write: the shard is one value.

@@ -16,6 +16,7 @@ import pytest
 from streams.batch_client import BatchClient, request_id_for
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
+from tests.support import requests
 from tests.support.pipeline import REPO, Pipeline, wait_until
 from tests.support.smtp import SmtpCapture
 
@@ -126,6 +127,31 @@ def test_chunks_with_the_token_complete_once_with_exact_counts(
     page = pipeline.worker_json(f"/batches/{batch_id}/")
     assert page["expected"] == 6 and page["completed"] is True and page["state"] == "open"
     assert page["counts"] == {"sent": 5, "delivered": 1}
+
+
+def test_another_tenants_notifications_naming_the_batch_do_not_count(
+    pipeline: Pipeline, client: BatchClient
+) -> None:
+    """globex publishes requests straight to Kafka with acme's batch id: they are sent (they
+    are globex's own), but never counted in acme's batch nor complete it early (issue 21,
+    MEDIUM 8: two of them completed a batch of two)."""
+    batch_id, token = client.create_batch("acme", total_expected=2)
+    foreign = []
+    for user in ("g1", "g2"):
+        record = requests.request_record(user, tenant="globex", batch_id=batch_id)
+        pipeline.produce_record("notifications.requests", f"globex:{user}", record)
+        foreign.append(notification_id(record["request_id"], user, "email"))
+    pipeline.flush()
+    pipeline.wait_for_status(foreign, {"sent"})
+    time.sleep(2)  # the batch stage has had their statuses
+    assert not of_type(batch_events(pipeline, batch_id), "batch.completed"), "completed early"
+
+    chunk = [request(["d1", "d2"], ["email"])]
+    client.append_chunk(batch_id, "acme", token, chunk)
+    completed = wait_for_event(pipeline, batch_id, "batch.completed")
+    assert completed["counts"] == {"accepted": 2, "sent": 2}
+    page = pipeline.worker_json(f"/batches/{batch_id}/")
+    assert page["counts"] == {"sent": 2}
 
 
 def test_close_fixes_the_expected_total_and_completes(

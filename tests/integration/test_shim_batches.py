@@ -285,6 +285,25 @@ def test_send_many_and_chunks_refuse_another_tenants_provider(
     assert "f2" not in users
 
 
+def test_a_batch_id_must_be_one_of_the_callers_batches(client: TestClient) -> None:
+    """Attaching notifications to another tenant's batch skewed its counts (issue 21, MEDIUM 8)."""
+    batch_id, _token = create_batch(client)  # tenant-a's
+    one = {**item("b1"), "batch_id": batch_id}
+    refused = client.post("/api/v1/notifications", json=one, headers=KEY_B)
+    detail = assert_error(refused, 422, "validation_failed")["detail"]
+    assert [d["field"] for d in detail] == ["batch_id"]
+    unknown = client.post(
+        "/api/v1/notifications", json={**one, "batch_id": "no-such-batch"}, headers=KEY_A
+    )
+    assert_error(unknown, 422, "validation_failed")
+    many = client.post("/api/v1/notifications/batch", json={"notifications": [one]}, headers=KEY_B)
+    assert many.status_code == 207, many.text
+    [result] = many.json()["results"]
+    assert result["status"] == "rejected" and result["errors"][0]["field"] == "batch_id"
+    own = client.post("/api/v1/notifications", json=one, headers=KEY_A)
+    assert own.status_code == 202, own.text
+
+
 # -- batches -------------------------------------------------------------------------------
 
 

@@ -18,7 +18,6 @@ import pytest
 from confluent_kafka import Producer
 
 from api_shim.auth import new_api_key
-from api_shim.batch_registry import upload_batch_id
 from schemas import SchemaCatalog, build_codec
 from streams.batch_client import command_id_for
 from streams.catalog import TopicCatalog
@@ -151,7 +150,6 @@ def test_a_large_csv_streams_into_its_batch_in_chunks_with_row_errors_listed(
     http: httpx.Client, side: httpx.Client, commands: TopicTail
 ) -> None:
     upload_id = f"big-{uuid.uuid4().hex[:8]}"
-    batch_id = upload_batch_id("tenant-a", upload_id)
     total = 5000
     bad = {
         10: b",nobody@example.com,en-GB,x\n",  # row 12: no user_id
@@ -164,13 +162,21 @@ def test_a_large_csv_streams_into_its_batch_in_chunks_with_row_errors_listed(
     }
     rows = [bad.get(i, row(i)) for i in range(total)]
     seen: dict[str, Any] = {}
+    commands.poll(0.5)
+    start = len(commands.messages)
 
     def look(sent: int) -> None:
         if sent != 1000:
             return
         # The first 1000 rows are with the server; the other 4000 are not sent yet.
+        # The batch id is random (MEDIUM 8): this upload's is the first create after `start`.
+        [create, *_] = commands.wait_for(
+            lambda _m: [m for m in commands.messages[start:] if m.value["kind"] == "create"],
+            "the upload's create command",
+        )
+        batch = create.key
         appends = commands.wait_for(
-            lambda _m: len(of_batch(commands, batch_id, "append")) >= 4, "the first chunks"
+            lambda _m: len(of_batch(commands, batch, "append")) >= 4, "the first chunks"
         )
         seen["appended_before_the_end"] = len(appends) if isinstance(appends, list) else 4
         seen["progress"] = side.get(f"/api/v1/bulk/{upload_id}", headers=KEY_A).json()
@@ -178,6 +184,7 @@ def test_a_large_csv_streams_into_its_batch_in_chunks_with_row_errors_listed(
     response = upload(http, in_parts(rows, 250, look), params(upload_id, category="marketing"))
     assert response.status_code == 202, response.text
     result = response.json()
+    batch_id = result["batch_id"]
 
     # While streaming: progress visible, chunks already on the topic.
     progress = seen["progress"]
@@ -237,7 +244,6 @@ def test_cancel_mid_upload_stops_reading_and_cancels_the_batch(
     http: httpx.Client, side: httpx.Client, commands: TopicTail
 ) -> None:
     upload_id = f"cancel-{uuid.uuid4().hex[:8]}"
-    batch_id = upload_batch_id("tenant-a", upload_id)
     seen: dict[str, Any] = {}
 
     def cancel_after_the_first_part(sent: int) -> None:
@@ -264,6 +270,7 @@ def test_cancel_mid_upload_stops_reading_and_cancels_the_batch(
     result = response.json()
     assert result["state"] == "cancelled"
     assert result["rows_read"] < len(rows)
+    batch_id = result["batch_id"]
 
     [cancel] = commands.wait_for(lambda _m: of_batch(commands, batch_id, "cancel"), "cancel")
     appends = of_batch(commands, batch_id, "append")
@@ -283,6 +290,8 @@ def test_cancel_mid_upload_stops_reading_and_cancels_the_batch(
 
 
 def test_malformed_csv_is_a_400_naming_the_row(http: httpx.Client, commands: TopicTail) -> None:
+    commands.poll(0.5)
+    creates_before = [m for m in commands.messages if m.value["kind"] == "create"]
     no_user_id = upload(http, b"email,data.name\na@example.com,A\n", params("no-user-id"))
     body = assert_error(no_user_id, 400, "malformed_csv")
     assert body["detail"][0]["field"] == "row 1"
@@ -302,17 +311,22 @@ def test_malformed_csv_is_a_400_naming_the_row(http: httpx.Client, commands: Top
     assert "UTF-8" in assert_error(latin1, 400, "malformed_csv")["message"]
 
     commands.poll(0.5)
-    assert not of_batch(commands, upload_batch_id("tenant-a", "no-user-id"), "create")
+    # no-user-id stopped at its header: no batch was created for it.
+    creates = [m for m in commands.messages if m.value["kind"] == "create"][len(creates_before) :]
+    uploads = {
+        http.get(f"/api/v1/batches/{m.key}", headers=KEY_A).json()["upload_id"] for m in creates
+    }
+    assert "no-user-id" not in uploads and uploads <= {"bad-quote", "latin-1"}
 
 
 def test_a_failed_upload_resumes_with_the_same_upload_id_without_appending_twice(
     http: httpx.Client, commands: TopicTail
 ) -> None:
     upload_id = f"resume-{uuid.uuid4().hex[:8]}"
-    batch_id = upload_batch_id("tenant-a", upload_id)
     rows = [row(i) for i in range(450)]
     broken = upload(http, HEADER + b"".join(rows) + b'u450,"unclosed\n', params(upload_id))
     assert assert_error(broken, 400, "malformed_csv")["detail"][0]["field"] == "row 452"
+    batch_id = http.get(f"/api/v1/bulk/{upload_id}", headers=KEY_A).json()["batch_id"]
     commands.wait_for(lambda _m: len(of_batch(commands, batch_id, "append")) == 2, "2 chunks")
     first_attempt = {m.value["command_id"]: m for m in of_batch(commands, batch_id, "append")}
 
@@ -407,3 +421,20 @@ def test_an_idempotency_key_replays_the_upload_answer(
     commands.wait_for(lambda _m: of_batch(commands, batch_id, "close"), "close")
     commands.poll(0.5)
     assert len(of_batch(commands, batch_id, "append")) == 1
+
+
+def test_upload_batch_ids_cannot_be_computed_from_the_upload_id(http: httpx.Client) -> None:
+    """They were uuid5(tenant:upload_id): a tenant could compute another's batch id (issue 21,
+    MEDIUM 8). Now random, found again by a retry of the same upload."""
+    upload_id = f"same-{uuid.uuid4().hex[:8]}"
+    derived = {
+        str(uuid.uuid5(uuid.UUID("5d0f6a4e-2b1c-4f7a-9e3d-8c6b1a2f4e51"), f"{t}:{upload_id}"))
+        for t in ("tenant-a", "tenant-b")
+    }
+    a = upload(http, HEADER + row(0), params(upload_id))
+    b = upload(http, HEADER + row(0), params(upload_id), **KEY_B)
+    assert a.status_code == 202 and b.status_code == 202, (a.text, b.text)
+    ids = {a.json()["batch_id"], b.json()["batch_id"]}
+    assert len(ids) == 2 and not ids & derived
+    status = http.get(f"/api/v1/bulk/{upload_id}", headers=KEY_A).json()
+    assert status["batch_id"] == a.json()["batch_id"]
