@@ -9,9 +9,10 @@ counters are exact because each shard of a batch stores its members' states next
 counts and is written as one value: there is no moment where one is updated and not the
 other.
 
-A status counts in a batch only if the batch exists and belongs to the notification's tenant:
-another tenant's notifications carrying its batch id (a request published straight to Kafka)
-never move its counters or complete it early.
+A created batch (streams.batches) belongs to one tenant: another tenant's notifications
+carrying its id (a request published straight to Kafka) never move its counters or complete
+it early. A batch id that was never created is an upstream producer's ad-hoc label: its
+statuses are counted, it has no owner and it never completes (no expected total).
 
 Batch completion: once a batch's expected total is known (streams.batches) and that many
 members are final, `batch.completed` goes to notifications.batch-events, once. See
@@ -116,9 +117,9 @@ async def handle_batch_status(event: EventT) -> None:
         return
     batch_id = status["batch_id"]
     batch = batches.get(batch_id)
-    if batch is None or batch["tenant_id"] != status["tenant_id"]:
+    if batch is not None and batch["tenant_id"] != status["tenant_id"]:
         log.warning(
-            "status of %s (tenant %s) names batch %s, not one of its tenant's: not counted",
+            "status of %s (tenant %s) names batch %s of another tenant: not counted",
             status["notification_id"],
             status["tenant_id"],
             batch_id,

@@ -97,13 +97,16 @@ def test_post_is_acknowledged_and_written_to_the_request_topic(
     client: TestClient, settings: Settings
 ) -> None:
     trace_id = uuid.uuid4().hex
+    created = client.post("/api/v1/batches", json={}, headers=KEY_A)
+    assert created.status_code == 201, created.text
+    batch_id = created.json()["batch_id"]
     body = {
         "recipients": [{"user_id": "u1", "email": "u1@example.com"}, {"user_id": "u2"}],
         "channels": ["email", "in_app"],
         "template_id": "welcome",
         "data": {"plan": "pro"},
         "priority": "high",
-        "batch_id": "b-1",
+        "batch_id": batch_id,
         "metadata": {"source": "test"},
     }
     response = client.post(
@@ -133,7 +136,7 @@ def test_post_is_acknowledged_and_written_to_the_request_topic(
     ]
     assert record["channels"] == ["email", "in_app"]
     assert (record["template_id"], record["content"]) == ("welcome", None)
-    assert (record["priority"], record["batch_id"]) == ("high", "b-1")
+    assert (record["priority"], record["batch_id"]) == ("high", batch_id)
     assert record["metadata"] == {"source": "test"}
     assert abs(record["occurred_at"] - time.time() * 1000) < 60_000
 
