@@ -101,6 +101,8 @@ def _check_syntax(body: TemplateVersionIn, prefix: str = "") -> None:
                 raise TemplateProblem(
                     f"{prefix}{where}.{field}", f"line {exc.lineno}: {exc.message}"
                 ) from None
+            except ValueError as exc:  # the lexer's int(): a literal over 4,300 digits
+                raise TemplateProblem(f"{prefix}{where}.{field}", str(exc)) from None
 
 
 def _record(tenant_id: str, template_id: str, version: int | None, body: TemplateVersionIn) -> Any:
@@ -280,7 +282,8 @@ async def get_version(
     description="Renders exactly as the render stage does (locale fallback, channel variants, "
     "declared variables, the Jinja2 sandbox) and sends nothing. `template` renders a body not "
     "yet saved; otherwise `version`, default the active one. A template that cannot render "
-    "answers 422 `template_error` naming the problem (a missing variable: field `data`).",
+    "answers 422 `template_error` naming the problem (a missing variable: field `data`), "
+    "also one over the template limits (output size, operand sizes, time budget).",
 )
 async def preview_template(
     template_id: TemplateIdPath,

@@ -4,13 +4,15 @@ notifications.enriched -> notifications.rendered
 Templates come from streams.config_views (the templates topic, replicated on every worker);
 choosing a version, locale and channel variant and checking declared variables is
 streams.templates.
-Status: rendered | failed (template missing, a declared variable missing, a broken template:
-not retriable, with the reason).
+Status: rendered | failed (template missing, a declared variable missing, a broken template,
+a template over its limits (streams.template_limits): not retriable, with the reason).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faust.types import EventT
@@ -46,38 +48,76 @@ def _tenant_default_locale(tenant_id: str) -> str | None:
     return tenant.get("default_locale") if tenant else None
 
 
-def render_notification(notification: dict[str, Any]) -> dict[str, Any]:
-    """The notification with `rendered` filled in (and, from a template, the version and the
-    locale used stamped on it). RenderError says why it cannot be rendered."""
-    context = _context(notification)
+def _resolve(notification: dict[str, Any]) -> tuple[templates.Template | None, str | None]:
+    """The template (None for inline content) and the tenant's default locale, read from the
+    views. On the event loop: the views change there and are not for other threads."""
     template_id = notification.get("template_id")
     if not template_id:
-        try:
-            rendered = templates.render_content(notification["content"] or {}, context)
-        except templates.TemplateRenderError as exc:
-            raise RenderError(str(exc)) from exc
-        return {**notification, "rendered": rendered}
-
+        return None, None
     tenant_id = notification["tenant_id"]
     version = notification.get("template_version")
     template = templates.resolve(tenant_id, template_id, version)
     if template is None:
         raise RenderError(templates.describe_missing(tenant_id, template_id, version))
+    return template, _tenant_default_locale(tenant_id)
+
+
+def _render_resolved(
+    notification: dict[str, Any], template: templates.Template | None, default_locale: str | None
+) -> dict[str, Any]:
+    """Pure: renders with what _resolve found (safe in a worker thread)."""
+    context = _context(notification)
+    if template is None:
+        try:
+            rendered = templates.render_content(notification["content"] or {}, context)
+        except templates.TemplateRenderError as exc:
+            raise RenderError(str(exc)) from exc
+        return {**notification, "rendered": rendered}
     result = templates.render_template(
         template,
         context,
         locale=notification.get("locale"),
         channel=notification["channel"],
-        tenant_default_locale=_tenant_default_locale(tenant_id),
+        tenant_default_locale=default_locale,
     )
     if result.error is not None:
-        raise RenderError(f"template {template_id!r} v{result.version}: {result.error}")
+        raise RenderError(
+            f"template {notification['template_id']!r} v{result.version}: {result.error}"
+        )
     return {
         **notification,
         "rendered": {"subject": result.subject, "text": result.text, "html": result.html},
         "template_version": result.version,
         "metadata": {**(notification.get("metadata") or {}), "rendered_locale": result.locale_used},
     }
+
+
+def render_notification(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification with `rendered` filled in (and, from a template, the version and the
+    locale used stamped on it). RenderError says why it cannot be rendered."""
+    return _render_resolved(notification, *_resolve(notification))
+
+
+# Renders run here, never on the event loop: a template may take up to its time budget
+# (TEMPLATE_RENDER_BUDGET_SECONDS), and the loop keeps serving every other agent and the
+# group's heartbeats meanwhile. The agents run one message at a time per lane.
+_renders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
+# The template stops itself at its budget (streams.template_limits); past this much more the
+# message is failed anyway and the partition moves on.
+_GRACE_SECONDS = 2.0
+
+
+async def render_off_loop(notification: dict[str, Any]) -> dict[str, Any]:
+    """render_notification in a render thread, bounded in time."""
+    template, default_locale = _resolve(notification)
+    job = asyncio.get_running_loop().run_in_executor(
+        _renders, _render_resolved, notification, template, default_locale
+    )
+    budget = templates.default_limits().budget_seconds
+    try:
+        return await asyncio.wait_for(job, budget + _GRACE_SECONDS)
+    except TimeoutError:
+        raise RenderError(f"rendering took over {budget + _GRACE_SECONDS:g} s") from None
 
 
 def render(notification: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +132,7 @@ async def handle(event: EventT) -> None:
     if notification is None:
         return
     try:
-        rendered = render_notification(notification)
+        rendered = await render_off_loop(notification)
     except RenderError as exc:
         await emit_status(notification, "failed", stage=STAGE, headers=headers, reason=str(exc))
         metrics.processed(STAGE, "failed", notification["occurred_at"])

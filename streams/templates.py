@@ -16,8 +16,9 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel
+
+from streams.template_limits import Budget, LimitedEnvironment, Limits, TemplateLimitError, running
 
 Template = dict[str, Any]
 _Name = tuple[str, str]  # (tenant_id, template_id)
@@ -177,10 +178,11 @@ class TemplateRenderError(Exception):
     Never retriable: the same input fails the same way."""
 
 
-# Sandboxed: templates come from tenants and must not reach Python internals.
+# Sandboxed: templates come from tenants and must not reach Python internals, and bounded
+# (streams.template_limits): no operation, loop or output beyond the limits.
 # StrictUndefined: a missing variable is an error, never an empty string in a sent message.
-_text_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-_html_env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+_text_env = LimitedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_html_env = LimitedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
 
 
 @lru_cache(maxsize=2048)
@@ -188,16 +190,58 @@ def _compile(source: str, html: bool) -> jinja2.Template:
     return (_html_env if html else _text_env).from_string(source)
 
 
-def render_content(content: dict[str, Any], context: dict[str, Any]) -> dict[str, str | None]:
-    """Render subject, text and html with the sandbox; TemplateRenderError on any failure."""
+@lru_cache(maxsize=1)
+def default_limits() -> Limits:
+    """The limits of this process's settings (TEMPLATE_MAX_OUTPUT_CHARS, ...)."""
+    from streams.settings import get_settings  # late: pure callers need no environment
+
+    settings = get_settings()
+    return Limits(
+        max_output_chars=settings.template_max_output_chars,
+        budget_seconds=settings.template_render_budget_seconds,
+    )
+
+
+def _render_field(source: str, html: bool, context: dict[str, Any], budget: Budget) -> str:
+    """One source, its output counted chunk by chunk against what is left of the cap."""
+    template = _compile(source, html)
+    room = budget.limits.max_output_chars - budget.output
+    parts: list[str] = []
+    for chunk in template.root_render_func(template.new_context(context)):
+        budget.tick()
+        room -= len(chunk)
+        if room < 0:
+            raise TemplateLimitError(
+                f"rendered content is over {budget.limits.max_output_chars} characters"
+            )
+        parts.append(chunk)
+    text = "".join(parts)
+    budget.output += len(text)
+    return text
+
+
+def render_content(
+    content: dict[str, Any], context: dict[str, Any], limits: Limits | None = None
+) -> dict[str, str | None]:
+    """Render subject, text and html with the sandbox; TemplateRenderError on any failure.
+
+    Bounded by `limits` (default: the settings'): at most max_output_chars for all fields
+    together, at most budget_seconds of work, compiling included.
+    """
     out: dict[str, str | None] = {}
     try:
-        for field in ("subject", "text", "html"):
-            source = content.get(field)
-            out[field] = (
-                None if source is None else _compile(source, field == "html").render(context)
-            )
-    except jinja2.TemplateError as exc:  # SecurityError, UndefinedError, syntax errors
+        with running(limits or default_limits()) as budget:
+            for field in ("subject", "text", "html"):
+                source = content.get(field)
+                out[field] = (
+                    None
+                    if source is None
+                    else _render_field(source, field == "html", context, budget)
+                )
+    except jinja2.TemplateError as exc:  # SecurityError (limits too), UndefinedError, syntax
+        raise TemplateRenderError(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # whatever a template raises is its own fault
+        # (ZeroDivisionError, OverflowError, RecursionError, MemoryError, int too long to print)
         raise TemplateRenderError(f"{type(exc).__name__}: {exc}") from exc
     if out["text"] is None and out["html"] is None:
         raise TemplateRenderError("content has neither text nor html")

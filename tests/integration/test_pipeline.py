@@ -248,6 +248,38 @@ def test_template_error_fails_without_retry(pipeline: Pipeline, smtp: SmtpCaptur
     assert nid not in smtp.by_notification_id()
 
 
+TEMPLATE_BOMBS = [
+    "{{ 9**(9**9) }}",  # Python's 9**9**9: compiling it used to hang the worker's event loop
+    "{{ 'x' * 30000000 }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+]
+
+
+def test_template_bombs_fail_at_render_and_the_partition_keeps_moving(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Issue 21, HIGH 2: each bomb is `failed` at render (not retriable) within its time
+    budget, and the clean message behind them on the same partition is sent."""
+    started = time.monotonic()
+    ids = []
+    for source in [*TEMPLATE_BOMBS, "Hi {{ name }}"]:
+        record = request_record("tplbomb", content={"subject": "Hi", "text": source, "html": None})
+        pipeline.produce_record("notifications.requests", "acme:tplbomb", record)
+        ids.append(notification_id(record["request_id"], "tplbomb", "email"))
+    pipeline.flush()
+    *bombs, clean = ids
+    pipeline.wait_for_status([clean], {"sent"}, timeout=60)
+    pipeline.wait_for_status(bombs, {"failed"}, timeout=10)
+    elapsed = time.monotonic() - started
+    for nid in bombs:
+        [failed] = [e for e in pipeline.statuses[nid] if e["status"] == "failed"]
+        assert failed["stage"] == "render" and not failed["retriable"], failed
+        assert nid not in smtp.by_notification_id()
+    pipeline.assert_alive()
+    # Three bombs at most a 1 s budget each, plus the pipeline's own latency.
+    assert elapsed < 30, f"the partition took {elapsed:.1f} s to get past the bombs"
+
+
 def test_in_app_notification_lands_in_the_inbox(pipeline: Pipeline) -> None:
     with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
         response = client.post(
