@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from schemas import Codec
 from streams.catalog import TopicCatalog
 from streams.ids import expected_partition
+from streams.kafka_clients import client_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -174,17 +175,19 @@ class LiveStream:
         """Creates the consumer and assigns every partition at its start offset; returns the
         start position. Raises KafkaException when the broker does not answer."""
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": f"shim-live-{uuid.uuid4().hex}",  # never joins: partitions assigned
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-                # The broker answers a fetch as soon as a message arrives or after this:
-                # latency stays well under a second, and close() is quick.
-                "fetch.wait.max.ms": 50,
-                "socket.connection.setup.timeout.ms": int(WATERMARK_TIMEOUT_SECONDS * 1000),
-            }
+            client_config(
+                self.settings,
+                **{
+                    "group.id": f"shim-live-{uuid.uuid4().hex}",  # never joins: assigned
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "auto.offset.reset": "earliest",
+                    # The broker answers a fetch as soon as a message arrives or after this:
+                    # latency stays well under a second, and close() is quick.
+                    "fetch.wait.max.ms": 50,
+                    "socket.connection.setup.timeout.ms": int(WATERMARK_TIMEOUT_SECONDS * 1000),
+                },
+            )
         )
         try:
             marks = {

@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from schemas import Codec
+from streams.kafka_clients import client_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,15 @@ class CompactedView:
 
     def _follow(self) -> None:
         consumer = Consumer(
-            {
-                "bootstrap.servers": self._settings.kafka_bootstrap_servers,
-                "group.id": f"shim-view-{uuid.uuid4().hex}",  # never joins: partitions assigned
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 100,
-            }
+            client_config(
+                self._settings,
+                **{
+                    "group.id": f"shim-view-{uuid.uuid4().hex}",  # never joins: assigned
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 100,
+                },
+            )
         )
         try:
             ends = self._assign(consumer)

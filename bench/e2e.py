@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -31,11 +32,17 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from schemas import SchemaCatalog, build_codec  # noqa: E402
 from streams.catalog import TopicCatalog  # noqa: E402
 from streams.ids import notification_id  # noqa: E402
-from streams.kafka_clients import producer_config  # noqa: E402
+from streams.kafka_clients import client_config, producer_config  # noqa: E402
 from streams.provision import provision  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 STAGE_HOPS = 5  # requests -> accepted -> enriched -> rendered -> deliver.in_app -> status
+
+
+def _kafka(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
+    """confluent-kafka options for `bootstrap` with the environment's KAFKA_SECURITY_PROTOCOL,
+    KAFKA_SASL_* and KAFKA_SSL_* settings (streams.kafka_clients.client_config)."""
+    return client_config(Settings(kafka_bootstrap_servers=bootstrap), **options)
 
 
 @dataclass
@@ -104,12 +111,14 @@ def run_pipeline(bootstrap: str, count: int, log_dir: Path, workers: int = 1) ->
     worker = procs[0]
     try:
         consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-{uuid.uuid4()}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
+            _kafka(
+                bootstrap,
+                {
+                    "group.id": f"bench-{uuid.uuid4()}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                },
+            )
         )
         consumer.subscribe([topics.name("notifications.status")])
         # Warm-up: one notification through, so worker start-up is not measured.
@@ -190,23 +199,23 @@ def run_baseline(bootstrap: str, count: int, payload: bytes) -> Result:
     """The same hops with bare confluent-kafka loops: consume, produce unchanged, commit."""
     prefix = f"bench-base{uuid.uuid4().hex[:6]}."
     names = [f"{prefix}hop{i}" for i in range(STAGE_HOPS + 1)]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(_kafka(bootstrap, {}))
     for future in admin.create_topics([NewTopic(n, 4, 1) for n in names]).values():
         future.result()
     stop = threading.Event()
 
     def relay(source: str, target: str) -> None:
         consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"{prefix}{source}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": True,
-            }
+            _kafka(
+                bootstrap,
+                {
+                    "group.id": f"{prefix}{source}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": True,
+                },
+            )
         )
-        producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-        )
+        producer = Producer(_kafka(bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
         consumer.subscribe([source])
         while not stop.is_set():
             for message in consumer.consume(500, timeout=0.2):
@@ -223,17 +232,17 @@ def run_baseline(bootstrap: str, count: int, payload: bytes) -> Result:
     for thread in threads:
         thread.start()
     sink = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{prefix}sink",
-            "auto.offset.reset": "earliest",
-        }
+        _kafka(
+            bootstrap,
+            {
+                "group.id": f"{prefix}sink",
+                "auto.offset.reset": "earliest",
+            },
+        )
     )
     sink.subscribe([names[-1]])
     time.sleep(3)  # let the relays join their groups
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-    )
+    producer = Producer(_kafka(bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
     started = time.monotonic()
     for i in range(count):
         producer.produce(names[0], key=f"k{i % 500}", value=struct.pack(">q", now_ms()) + payload)

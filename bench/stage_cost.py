@@ -60,12 +60,21 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from schemas import SchemaCatalog, build_codec  # noqa: E402
+from streams.kafka_auth import faust_credentials  # noqa: E402
+from streams.kafka_clients import client_config  # noqa: E402
+from streams.settings import Settings  # noqa: E402
 
 SCHEMA = "io.notifications.Notification"
 PARTITIONS = 4
 BATCH = 500
 WITHIN = 0.01
 VARIANTS = ("a", "b", "c", "d", "d-raw", "e")
+
+
+def _kafka(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
+    """confluent-kafka options for `bootstrap` with the environment's KAFKA_SECURITY_PROTOCOL,
+    KAFKA_SASL_* and KAFKA_SSL_* settings (streams.kafka_clients.client_config)."""
+    return client_config(Settings(kafka_bootstrap_servers=bootstrap), **options)
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -200,6 +209,7 @@ def run_faust(args: argparse.Namespace) -> None:
     app = app_cls(
         args.group,
         broker=f"{'confluent' if confluent else 'kafka'}://{args.bootstrap}",
+        broker_credentials=faust_credentials(Settings(kafka_bootstrap_servers=args.bootstrap)),
         store="memory://",
         topic_allow_declare=False,
         topic_disable_leader=True,
@@ -338,21 +348,25 @@ async def plain_relay(
     args: argparse.Namespace, codec: Any, loads: Callable[..., Any], dumps: Callable[..., Any]
 ) -> None:
     consumer = Consumer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "group.id": args.group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+        _kafka(
+            args.bootstrap,
+            {
+                "group.id": args.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
     )
     producer = Producer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-            "linger.ms": 5,
-        }
+        _kafka(
+            args.bootstrap,
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+                "linger.ms": 5,
+            },
+        )
     )
     consumer.subscribe([args.source])
     window = Window(args.broker_pid)
@@ -418,13 +432,15 @@ def prefill(bootstrap: str, topic: str, count: int) -> dict[str, float]:
     codec = build_codec(None, SchemaCatalog.load())
     records = [notification(i) for i in range(count)]
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-            "linger.ms": 5,
-        }
+        _kafka(
+            bootstrap,
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+                "linger.ms": 5,
+            },
+        )
     )
     cpu0 = time.process_time()
     size = 0
@@ -500,7 +516,7 @@ class Run:
 
 
 def high_water_total(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{uuid.uuid4()}"})
+    consumer = Consumer(_kafka(bootstrap, {"group.id": f"hw-{uuid.uuid4()}"}))
     total = 0
     for p in range(PARTITIONS):
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -620,7 +636,7 @@ def main() -> None:
     print("codec, in process, µs per record:")
     for name, us in codec_costs().items():
         print(f"  {name:<34} {us:7.1f}")
-    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    admin = AdminClient(_kafka(args.bootstrap, {}))
     source = f"spike.{uuid.uuid4().hex[:6]}.in"
     create_topics(admin, [source])
     filled = prefill(args.bootstrap, source, args.count)

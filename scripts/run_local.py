@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 from schemas import SchemaCatalog, build_codec  # noqa: E402
 from streams.catalog import TopicCatalog  # noqa: E402
 from streams.ids import notification_id  # noqa: E402
-from streams.kafka_clients import producer_config  # noqa: E402
+from streams.kafka_clients import client_config, producer_config  # noqa: E402
 from streams.lanes import request_topic  # noqa: E402
 from streams.lifecycle import FINAL_STATUSES  # noqa: E402
 from streams.provision import provision  # noqa: E402
@@ -174,12 +174,14 @@ def follow_statuses(samples: list[str], since_ms: int, demo: bool, timeout: floa
     settings = get_settings()
     codec = build_codec(settings.schema_registry_url, SchemaCatalog.load())
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"run-local-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings,
+            **{
+                "group.id": f"run-local-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([TopicCatalog.load(settings).name("notifications.status")])
     pending = set(samples)

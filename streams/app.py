@@ -14,6 +14,7 @@ from schemas import SchemaCatalog, build_codec, register_faust_codecs
 from schemas.faust_codec import codec_name
 from streams.catalog import TopicCatalog
 from streams.faust_fixes import FixedApp
+from streams.kafka_auth import faust_credentials
 from streams.settings import get_settings
 
 settings = get_settings()
@@ -38,6 +39,8 @@ codecs.register("utf8", Utf8())
 app = FixedApp(
     settings.full_app_id,
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
+    # TLS/SASL for every consumer and producer of the app (tables' changelogs included).
+    broker_credentials=faust_credentials(settings),
     store="memory://",
     # Topics (changelogs included) come from topics.yaml via streams.provision; a worker
     # never creates one with guessed settings.

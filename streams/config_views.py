@@ -15,7 +15,7 @@ from streams.replicated import ReplicatedView
 
 def _view(logical_topic: str, schema_name: str) -> ReplicatedView:
     return ReplicatedView(
-        settings.kafka_bootstrap_servers,
+        settings,
         catalog.name(logical_topic),
         catalog[logical_topic].partitions,
         lambda value: codec.decode(value, schema_name),

@@ -15,6 +15,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.kafka_auth import aiokafka_config
+from streams.settings import Settings
+
 log = logging.getLogger(__name__)
 
 Decode = Callable[[bytes], dict[str, Any]]
@@ -23,8 +26,8 @@ Listener = Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]
 
 
 class ReplicatedView:
-    def __init__(self, bootstrap: str, topic: str, partitions: int, decode: Decode) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, settings: Settings, topic: str, partitions: int, decode: Decode) -> None:
+        self._settings = settings
         self._topic = topic
         self._partitions = partitions
         self._decode = decode
@@ -65,7 +68,7 @@ class ReplicatedView:
 
     async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
+            **aiokafka_config(self._settings, group_id=None, enable_auto_commit=False)
         )
         await consumer.start()
         try:

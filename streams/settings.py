@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # Scheduler: how often each worker sweeps its partitions for due notifications and digests.
     scheduler_tick_seconds: float = 1.0
 
+    # Template limits (streams/template_limits.py): characters a render may produce (all of
+    # subject, text and html), and the time it may take; beyond either it fails.
+    template_max_output_chars: int = 1_000_000
+    template_render_budget_seconds: float = 1.0
+
     # Trigger rules: upstream domain events -> notifications. Unset or empty: no rules file
     # (tenants' rules from the admin API, on config.trigger-rules, still apply).
     trigger_rules_file: str | None = "streams/config/triggers.yaml"
@@ -202,7 +207,7 @@ class Settings(BaseSettings):
                 ("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
                 ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
             )
-            if value is not None
+            if value
         ]
         ssl_set = [
             name

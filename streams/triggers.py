@@ -61,7 +61,7 @@ SOURCES = {catalog.name(topic): topic for topic in upstream_topics(catalog)}
 TENANT_RULES = TenantRules(catalog)
 _RULES_TOPIC = "config.trigger-rules"
 _rules_view = ReplicatedView(
-    settings.kafka_bootstrap_servers,
+    settings,
     catalog.name(_RULES_TOPIC),
     catalog[_RULES_TOPIC].partitions,
     lambda value: codec.decode(value, "TriggerRule"),

@@ -25,7 +25,7 @@ TOPIC = "config.webhook-subscriptions"
 READY_TIMEOUT_SECONDS = 120.0
 
 view = ReplicatedView(
-    settings.kafka_bootstrap_servers,
+    settings,
     catalog.name(TOPIC),
     catalog[TOPIC].partitions,
     lambda value: codec.decode(value, "WebhookSubscription"),

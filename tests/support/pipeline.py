@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas import SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
+from streams.kafka_clients import client_config
 from streams.provision import provision
 from streams.settings import Settings
 from tests.support.ports import free_port
@@ -155,12 +156,10 @@ class Pipeline:
             log_dir,
         )
         self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",
-                "linger.ms": 5,
-            }
+            client_config(
+                self.settings,
+                **{"enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 5},
+            )
         )
         self._status_consumer: Consumer | None = None
         self.statuses: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -229,12 +228,14 @@ class Pipeline:
         """Read new status events into self.statuses (notification id -> events)."""
         if self._status_consumer is None:
             self._status_consumer = Consumer(
-                {
-                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                    "group.id": f"{self.prefix}test-{uuid.uuid4().hex[:6]}",
-                    "auto.offset.reset": "earliest",
-                    "enable.auto.commit": False,
-                }
+                client_config(
+                    self.settings,
+                    **{
+                        "group.id": f"{self.prefix}test-{uuid.uuid4().hex[:6]}",
+                        "auto.offset.reset": "earliest",
+                        "enable.auto.commit": False,
+                    },
+                )
             )
             self._status_consumer.subscribe([self.topics.name("notifications.status")])
         while True:
@@ -278,11 +279,13 @@ class Pipeline:
     def progress_report(self) -> str:
         """The worker group's committed offset against the end offset, per stage partition."""
         group = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": self.settings.full_app_id,
-                "enable.auto.commit": False,
-            }
+            client_config(
+                self.settings,
+                **{
+                    "group.id": self.settings.full_app_id,
+                    "enable.auto.commit": False,
+                },
+            )
         )
         lines = ["--- worker group committed/end offsets ---"]
         try:
@@ -327,11 +330,13 @@ class Pipeline:
         """Every message currently on a topic (all partitions), as confluent Message objects."""
         name = self.topics.name(logical_topic)
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": f"{self.prefix}read-{uuid.uuid4().hex[:6]}",
-                "enable.auto.commit": False,
-            }
+            client_config(
+                self.settings,
+                **{
+                    "group.id": f"{self.prefix}read-{uuid.uuid4().hex[:6]}",
+                    "enable.auto.commit": False,
+                },
+            )
         )
         try:
             metadata = consumer.list_topics(name, timeout=timeout)
