@@ -241,6 +241,9 @@ async def put_provider(
         except SealingError as exc:
             raise Unavailable(f"the stored secrets do not open ({exc}); give them again") from exc
         await check_targets_of(shim_egress(request), *_check(body, settings, kept), settings, kept)
+        # Re-sealed under the current key: after a key rotation (PROVIDER_SECRETS_KEY_ID with
+        # the old key in PROVIDER_SECRETS_OLD_KEYS) any PUT moves a record onto the new key.
+        sealed = box.seal(kept, tenant_id=caller.tenant_id, provider_id=provider_id)
     else:
         await check_targets_of(shim_egress(request), *_check(body, settings, {}), settings, {})
     record = {

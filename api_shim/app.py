@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from api_shim import errors, idempotency
-from api_shim.auth import jwt_verifier
+from api_shim.auth import OPERATOR_FAILURE_BURST, jwt_verifier
 from api_shim.idempotency_view import answer_view
 from api_shim.limits import BodySizeLimit, limit_for_path
 from api_shim.producer import AsyncProducer
@@ -114,6 +114,7 @@ def create_app(
     app.state.topics = TopicCatalog.load(settings)
     app.state.jwt = jwt_verifier(settings)
     app.state.rate_limits = RateLimits(burst_seconds=settings.shim_rate_limit_burst_seconds)
+    app.state.operator_failures = RateLimits(burst_seconds=OPERATOR_FAILURE_BURST)
     errors.install(app)
     app.add_middleware(
         BodySizeLimit,

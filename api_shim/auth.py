@@ -42,6 +42,9 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
 }
 KEY_PREFIX = "nk_"
+# Wrong operator tokens per client address: a burst of OPERATOR_FAILURE_BURST, then one a second.
+OPERATOR_FAILURES_PER_SEC = 1.0
+OPERATOR_FAILURE_BURST = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -333,14 +336,30 @@ User = Annotated[Principal, Depends(_user)]
 def operator(
     request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """The platform operator's token (SHIM_OPERATOR_TOKEN), for /api/v1/platform only."""
-    expected = request.app.state.settings.shim_operator_token
+    """The platform operator's token (SHIM_OPERATOR_TOKEN), for /api/v1/platform only.
+
+    Rate limited like an API key. Wrong tokens are also limited per client address
+    (OPERATOR_FAILURE_BURST, then OPERATOR_FAILURES_PER_SEC): once an address is over,
+    every token from it gets 429 without being compared, so the answer leaks nothing and
+    the token cannot be guessed at line rate. A request without a bearer is not a guess."""
+    settings = request.app.state.settings
+    limits: RateLimits = request.app.state.rate_limits
+    failures: RateLimits = request.app.state.operator_failures
+    expected = settings.shim_operator_token
     if expected is None:
         raise Forbidden("platform endpoints are disabled (SHIM_OPERATOR_TOKEN is not set)")
-    if bearer is None or not hmac.compare_digest(
-        bearer.credentials.encode(), expected.get_secret_value().encode()
-    ):
+    if bearer is None:
         raise Unauthorized("the platform operator's bearer token is required")
+    address = request.client.host if request.client else "?"
+    wait = failures.peek(address)
+    if wait > 0:
+        raise TooManyRequests("too many wrong operator tokens from this address", wait)
+    if not hmac.compare_digest(bearer.credentials.encode(), expected.get_secret_value().encode()):
+        failures.take(address, OPERATOR_FAILURES_PER_SEC)
+        raise Unauthorized("the platform operator's bearer token is required")
+    wait = limits.take("operator", settings.shim_rate_limit_per_key)
+    if wait > 0:
+        raise TooManyRequests("too many requests for the operator; retry later", wait)
 
 
 Operator = Annotated[None, Depends(operator)]

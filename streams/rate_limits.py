@@ -92,3 +92,12 @@ class RateLimits:
             started = time.monotonic() if now is None else now
             bucket = self._buckets[name] = TokenBucket(local_rate, burst, burst, started)
         return min(bucket.take(reserve=burst * reserve_fraction, now=now), self.max_wait_seconds)
+
+    def peek(self, name: str, *, now: float | None = None) -> float:
+        """Seconds until `name` has a token, taking none (0.0: it has one, or no bucket yet)."""
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        tokens = min(bucket.burst, bucket.tokens + max(0.0, now - bucket.updated) * bucket.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / bucket.rate

@@ -72,6 +72,13 @@ class SecretBox:
         )
         return bytes([VERSION, len(kid)]) + kid + nonce + sealed
 
+    @staticmethod
+    def key_id_of(blob: bytes) -> str | None:
+        """The key id a blob names (None: not a blob of this version)."""
+        if len(blob) < 2 or blob[0] != VERSION:
+            return None
+        return blob[2 : 2 + blob[1]].decode(errors="replace")
+
     def open(self, blob: bytes, *, tenant_id: str, provider_id: str) -> dict[str, str]:
         if len(blob) < 2 or blob[0] != VERSION:
             raise SealingError("not a sealed secrets blob (unknown version)")

@@ -1,4 +1,4 @@
-"""The configuration CLI: seed, put, delete, preview. See streams/config/__init__.py."""
+"""The configuration CLI: seed, put, delete, reseal, preview. See streams/config/__init__.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from schemas import Codec, build_codec
 from streams import templates
 from streams.catalog import TopicCatalog
-from streams.config.apply import apply, current_state, delete
+from streams.config.apply import apply, current_state, delete, reseal
 from streams.config.kinds import KINDS, SEED_SECTIONS, ConfigError, kind
 from streams.config.records import as_list, load_file, normalise
 from streams.settings import Settings, get_settings
@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     remove = sub.add_parser("delete", help="tombstone keys (a null value)")
     remove.add_argument("kind", choices=list(KINDS))
     remove.add_argument("keys", nargs="+", metavar="KEY")
+
+    sub.add_parser(
+        "reseal", help="re-seal provider secrets under the current PROVIDER_SECRETS_KEY_ID"
+    )
 
     preview = sub.add_parser("preview", help="render a template without sending")
     source = preview.add_mutually_exclusive_group(required=True)
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "delete":
             count = delete(settings, catalog, kind(args.kind), args.keys)
             lines = [f"{args.kind}: {count} tombstone(s) written"]
+        elif args.command == "reseal":
+            lines = reseal(settings, catalog, codec)
         else:
             result, lines = _preview(settings, catalog, codec, args)
             print("\n".join(lines))

@@ -9,6 +9,7 @@ from schemas import Codec
 from streams.catalog import TopicCatalog
 from streams.config.kafka import Writer, read_compacted
 from streams.config.kinds import ConfigError, Kind
+from streams.config.kinds import kind as kind_named
 from streams.config.records import comparable, normalise
 from streams.sealing import SealingError, SecretBox
 from streams.settings import Settings
@@ -101,3 +102,38 @@ def delete(settings: Settings, catalog: TopicCatalog, kind: Kind, keys: list[str
     finally:
         writer.close()
     return len(keys)
+
+
+def reseal(settings: Settings, catalog: TopicCatalog, codec: Codec) -> list[str]:
+    """Re-seals every provider configuration whose secrets name another key than the current
+    PROVIDER_SECRETS_KEY_ID (after a rotation), so the old key can then be retired. Records
+    that do not open are reported and left as they are."""
+    box = provider_box(settings)
+    if box is None:
+        raise ConfigError("PROVIDER_SECRETS_KEY is not set: nothing to re-seal with")
+    provider = kind_named("provider")
+    resealed, current, failed = 0, 0, []
+    writer = Writer(settings, catalog)
+    try:
+        for key, record in current_state(settings, catalog, codec, provider).items():
+            sealed = record.get("secrets_sealed")
+            if not sealed:
+                continue
+            if SecretBox.key_id_of(sealed) == box.current_key_id:
+                current += 1
+                continue
+            ids = {"tenant_id": record["tenant_id"], "provider_id": record["provider_id"]}
+            try:
+                secrets = box.open(sealed, **ids)
+            except SealingError as exc:
+                failed.append(f"{key}: {exc}")
+                continue
+            record = {**record, "secrets_sealed": box.seal(secrets, **ids)}
+            writer.send(provider.topic, key, codec.encode(provider.schema, record))
+            resealed += 1
+    finally:
+        writer.close()
+    kid = box.current_key_id
+    lines = [f"providers: {resealed} re-sealed with key {kid}, {current} already on it"]
+    lines += [f"not re-sealed: {line}" for line in failed]
+    return lines

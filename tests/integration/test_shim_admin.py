@@ -23,6 +23,8 @@ from pydantic import SecretStr
 
 from api_shim.app import create_app
 from api_shim.auth import split_api_key
+from streams.catalog import TopicCatalog
+from streams.config.apply import provider_box, reseal
 from streams.sealing import SecretBox, new_key
 from streams.settings import Settings
 from tests.support.jwks import Issuer
@@ -239,6 +241,29 @@ def test_platform_endpoints_are_off_without_an_operator_token(client: TestClient
         client.app.state.settings = settings  # type: ignore[attr-defined]
     assert refused.status_code == 403
     assert "SHIM_OPERATOR_TOKEN" in refused.json()["message"]
+
+
+def test_wrong_operator_tokens_are_rate_limited_per_client_address(settings: Settings) -> None:
+    """Guessing SHIM_OPERATOR_TOKEN is held to a burst of five, then one try a second per
+    address; other addresses, and the operator once the address has waited, are unaffected
+    (issue 21, LOW)."""
+    platform = "/api/v1/platform/tenants"
+    app = create_app(settings)
+    with (
+        TestClient(app, client=("203.0.113.9", 50000)) as guesser,
+        TestClient(app, client=("198.51.100.7", 50000)) as operator,
+    ):
+        guesses = [
+            guesser.get(platform, headers={"Authorization": f"Bearer guess-{i}"}).status_code
+            for i in range(8)
+        ]
+        assert guesses[:5] == [401] * 5, guesses
+        assert set(guesses[5:]) == {429}, guesses
+        assert guesser.get(platform).status_code == 401  # no bearer: not a guess
+        assert guesser.get(platform, headers=OPERATOR).status_code == 429
+        assert operator.get(platform, headers=OPERATOR).status_code == 200
+        time.sleep(1.1)
+        assert guesser.get(platform, headers=OPERATOR).status_code == 200
 
 
 # -- who may call the admin API ------------------------------------------------------------------
@@ -597,6 +622,34 @@ def test_provider_secrets_are_sealed_and_never_answered(client: TestClient, pipe
     assert client.get("/api/v1/admin/providers", headers=BOOT_B).json() == []
 
 
+def test_a_put_after_a_key_rotation_reseals_the_kept_secrets(
+    client: TestClient, pipe: Pipeline
+) -> None:
+    """Issue 21, LOW: a PUT without secrets moves the stored ones onto the current key, so the
+    old key can be retired once every provider has been written again."""
+    path = "/api/v1/admin/providers/rotating"
+    assert client.put(path, json=SENDGRID, headers=BOOT_A).status_code == 201
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    new_secrets_key = new_key()
+    client.app.state.settings = settings.model_copy(  # type: ignore[attr-defined]
+        update={
+            "provider_secrets_key": SecretStr(new_secrets_key),
+            "provider_secrets_key_id": "k2",
+            "provider_secrets_old_keys": {"k1": SecretStr(SECRETS_KEY)},
+        }
+    )
+    try:
+        kept = client.put(path, json={**SENDGRID, "secrets": None}, headers=BOOT_A)
+    finally:
+        client.app.state.settings = settings  # type: ignore[attr-defined]
+    assert kept.status_code == 200, kept.text
+    record = records(pipe, "config.providers")["tenant-a:rotating"]
+    assert record is not None
+    only_new = SecretBox.from_settings(new_secrets_key, "k2")
+    opened = only_new.open(record["secrets_sealed"], tenant_id="tenant-a", provider_id="rotating")
+    assert opened == {"api_key": SENDGRID_KEY}
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -881,3 +934,30 @@ def test_a_rule_created_through_the_api_turns_events_into_requests(
         return [r for r in requests_made(pipe) if r["metadata"]["trigger"] == "tenant-a:shipped"]
 
     wait_until(shipped_request, 60, "a request from the rule created at run time", every=0.5)
+
+
+def test_the_reseal_command_moves_every_provider_onto_the_current_key(
+    client: TestClient, pipe: Pipeline, settings: Settings
+) -> None:
+    """`python -m streams.config reseal` after a rotation: sealed records name the new key and
+    open with it alone; a second run has nothing to do (issue 21, LOW). Last in the module:
+    the worker here has only the first key."""
+    path = "/api/v1/admin/providers/resealed"
+    assert client.put(path, json=SENDGRID, headers=BOOT_A).status_code == 201
+    rotated = settings.model_copy(
+        update={
+            "provider_secrets_key": SecretStr(new_key()),
+            "provider_secrets_key_id": "k3",
+            "provider_secrets_old_keys": {"k1": SecretStr(SECRETS_KEY)},
+        }
+    )
+    catalog = TopicCatalog.load(rotated)
+    first = reseal(rotated, catalog, pipe.codec)
+    assert first[0].startswith("providers: ") and " 0 re-sealed" not in first[0], first
+    box = provider_box(rotated)
+    assert box is not None
+    record = records(pipe, "config.providers")["tenant-a:resealed"]
+    assert record is not None and SecretBox.key_id_of(record["secrets_sealed"]) == "k3"
+    opened = box.open(record["secrets_sealed"], tenant_id="tenant-a", provider_id="resealed")
+    assert opened == {"api_key": SENDGRID_KEY}
+    assert reseal(rotated, catalog, pipe.codec)[0].startswith("providers: 0 re-sealed")

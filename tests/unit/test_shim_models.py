@@ -252,7 +252,9 @@ def test_ready_is_503_when_the_request_topic_is_missing(client: TestClient) -> N
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["checks"]["database"] == "ok"
-    assert "does not exist" in response.json()["checks"]["kafka"]
+    # The kind of failure only: /ready is unauthenticated (issue 21, LOW), the log has the rest.
+    assert response.json()["checks"]["kafka"] == "failed (RuntimeError)"
+    assert "does not exist" not in response.text
     assert client.get("/health").json() == {"status": "ok", "checks": {}}
 
 
