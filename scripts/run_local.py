@@ -34,12 +34,37 @@ from streams.kafka_clients import client_config, producer_config  # noqa: E402
 from streams.lanes import request_topic  # noqa: E402
 from streams.lifecycle import FINAL_STATUSES  # noqa: E402
 from streams.provision import provision  # noqa: E402
+from streams.sealing import new_key  # noqa: E402
 from streams.settings import get_settings  # noqa: E402
 
 SHIM_PORT = int(os.environ.get("SHIM_PORT", "8000"))
 # The local demo key, set here and only here (the library default has no keys): every child
 # process this script starts inherits it. An SHIM_API_KEYS of your own wins.
 os.environ.setdefault("SHIM_API_KEYS", json.dumps({"demo-key": "demo"}))
+DEV_SECRETS_KEY_FILE = REPO / "var" / "dev-provider-secrets.key"
+
+
+def use_development_secrets_key() -> None:
+    """Without PROVIDER_SECRETS_KEY, provider secrets cannot be sealed (PUT answers 503): the
+    local stack generates a key once in var/ and keeps it, so sealed secrets survive restarts.
+    For development only: a real deployment sets its own key (docs/configuration.md)."""
+    if os.environ.get("PROVIDER_SECRETS_KEY"):
+        return
+    if not DEV_SECRETS_KEY_FILE.exists():
+        DEV_SECRETS_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(DEV_SECRETS_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_key())
+    os.environ["PROVIDER_SECRETS_KEY"] = DEV_SECRETS_KEY_FILE.read_text().strip()
+    os.environ.setdefault("PROVIDER_SECRETS_KEY_ID", "dev")
+    print(
+        f"WARNING: provider secrets are sealed with a development key ({DEV_SECRETS_KEY_FILE});"
+        " set PROVIDER_SECRETS_KEY for anything but this local stack",
+        flush=True,
+    )
+
+
+use_development_secrets_key()
 API_KEY = next(iter(get_settings().shim_api_keys))
 
 
