@@ -61,11 +61,15 @@ def request_record(
     }
 
 
-def notification_refs(request_id: str, body: NotificationCreate) -> list[NotificationRef]:
+def notification_refs(
+    tenant_id: str, request_id: str, body: NotificationCreate
+) -> list[NotificationRef]:
     """The notification ids the request stage will derive: one per recipient x channel."""
     return [
         NotificationRef(
-            notification_id=notification_id(request_id, recipient.user_id, channel.value),
+            notification_id=notification_id(
+                tenant_id, request_id, recipient.user_id, channel.value
+            ),
             user_id=recipient.user_id,
             channel=channel,
         )

@@ -55,10 +55,12 @@ async def send_notification(
             request.app.state, body, caller, idempotency_key, traceparent
         )
 
-    return await idempotent(request, caller, idempotency_key, send, packing=accepted_packing(body))
+    return await idempotent(
+        request, caller, idempotency_key, send, packing=accepted_packing(body, caller.tenant_id)
+    )
 
 
-def accepted_packing(body: NotificationCreate) -> Packing:
+def accepted_packing(body: NotificationCreate, tenant_id: str) -> Packing:
     """Only the request id is kept for a replay: the ids (up to 1,000 recipients x 8 channels,
     over a Kafka record's 1 MB) are derived again from it and the same body."""
     return Packing(
@@ -66,7 +68,7 @@ def accepted_packing(body: NotificationCreate) -> Packing:
         unpack=lambda packed: jsonable_encoder(
             Accepted(
                 request_id=packed["request_id"],
-                notifications=notification_refs(packed["request_id"], body),
+                notifications=notification_refs(tenant_id, packed["request_id"], body),
             )
         ),
     )
@@ -96,7 +98,9 @@ async def produce_request(
         traceparent=traceparent,
     )
     request_id = record["request_id"]
-    return Accepted(request_id=request_id, notifications=notification_refs(request_id, body))
+    return Accepted(
+        request_id=request_id, notifications=notification_refs(caller.tenant_id, request_id, body)
+    )
 
 
 @router.get(

@@ -144,11 +144,11 @@ async def send_many(
         return (202 if accepted == len(results) else 207), result
 
     return await idempotent(
-        request, caller, idempotency_key, send, packing=_send_many_packing(body)
+        request, caller, idempotency_key, send, packing=_send_many_packing(body, caller.tenant_id)
     )
 
 
-def _send_many_packing(body: SendMany) -> Packing:
+def _send_many_packing(body: SendMany, tenant_id: str) -> Packing:
     """Kept without each accepted item's ids (up to 100 x 1,000 x 8): a replay derives them
     again from the item and its request id, as send one's replay does."""
 
@@ -162,7 +162,7 @@ def _send_many_packing(body: SendMany) -> Packing:
             refs: list[Any] = []
             if result["status"] == "accepted":
                 item = NotificationCreate.model_validate(body.notifications[result["index"]])
-                refs = notification_refs(result["request_id"], item)
+                refs = notification_refs(tenant_id, result["request_id"], item)
             results.append(ItemResult.model_validate({**result, "notifications": refs}))
         return jsonable_encoder(SendManyResult.model_validate({**packed, "results": results}))
 

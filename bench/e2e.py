@@ -160,7 +160,7 @@ def _send(
             key=f"bench:{user}",
             value=codec.encode("NotificationRequest", record),
         )  # type: ignore[attr-defined]
-        ids.add(notification_id(request_id, user, "in_app"))
+        ids.add(notification_id("bench", request_id, user, "in_app"))
         if i % 1000 == 0:
             producer.poll(0)
     producer.flush(60)

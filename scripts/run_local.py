@@ -155,7 +155,7 @@ def send_samples() -> list[str]:
             key=f"{request['tenant_id']}:{user}",
             value=codec.encode("NotificationRequest", request),
         )
-        ids.append(notification_id(request["request_id"], user, "email"))
+        ids.append(notification_id(request["tenant_id"], request["request_id"], user, "email"))
 
     produce_request(record, "grace")
     print(f"produced a NotificationRequest straight to Kafka (request {request_id})")

@@ -19,8 +19,10 @@ def request_id_from_position(topic: str, partition: int, offset: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"pos:{topic}:{partition}:{offset}"))
 
 
-def notification_id(request_id: str, user_id: str, channel: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"ntf:{request_id}:{user_id}:{channel}"))
+def notification_id(tenant_id: str, request_id: str, user_id: str, channel: str) -> str:
+    """Tenant first: callers choose request and user ids, so two tenants may reuse both; a
+    tenant id has no ':', which keeps the derivation unambiguous (docs/state-model.md)."""
+    return str(uuid.uuid5(_NAMESPACE, f"ntf:{tenant_id}:{request_id}:{user_id}:{channel}"))
 
 
 def status_event_id(notification_id: str, status: str, attempt: int = 0, detail: str = "") -> str:

@@ -75,7 +75,9 @@ def fan_out(
             seen.add((recipient["user_id"], channel))
             notifications.append(
                 {
-                    "notification_id": notification_id(request_id, recipient["user_id"], channel),
+                    "notification_id": notification_id(
+                        request["tenant_id"], request_id, recipient["user_id"], channel
+                    ),
                     "request_id": request_id,
                     "tenant_id": request["tenant_id"],
                     "batch_id": request.get("batch_id"),

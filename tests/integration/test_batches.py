@@ -40,9 +40,13 @@ def request(users: list[str], channels: list[str], **extra: Any) -> dict[str, An
     }
 
 
-def ids_of(batch_id: str, command_id: str, requests: list[dict[str, Any]]) -> list[str]:
+def ids_of(
+    batch_id: str, command_id: str, requests: list[dict[str, Any]], tenant: str = "acme"
+) -> list[str]:
     return [
-        notification_id(request_id_for(batch_id, command_id, index), recipient["user_id"], channel)
+        notification_id(
+            tenant, request_id_for(batch_id, command_id, index), recipient["user_id"], channel
+        )
         for index, req in enumerate(requests)
         for recipient in req["recipients"]
         for channel in req["channels"]
@@ -106,7 +110,7 @@ def test_chunks_with_the_token_complete_once_with_exact_counts(
 
     # Rejected chunks forwarded nothing.
     forbidden = ids_of(batch_id, rejected_cmd, intruder) + ids_of(
-        batch_id, other_tenant_cmd, intruder
+        batch_id, other_tenant_cmd, intruder, tenant="globex"
     )
     pipeline.poll_statuses()
     assert not [nid for nid in forbidden if nid in pipeline.statuses or nid in emails]
@@ -140,7 +144,7 @@ def test_another_tenants_notifications_naming_the_batch_do_not_count(
     for user in ("g1", "g2"):
         record = requests.request_record(user, tenant="globex", batch_id=batch_id)
         pipeline.produce_record("notifications.requests", f"globex:{user}", record)
-        foreign.append(notification_id(record["request_id"], user, "email"))
+        foreign.append(notification_id(record["tenant_id"], record["request_id"], user, "email"))
     pipeline.flush()
     pipeline.wait_for_status(foreign, {"sent"})
     time.sleep(2)  # the batch stage has had their statuses

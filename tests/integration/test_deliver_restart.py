@@ -107,11 +107,13 @@ def test_killed_deliver_worker_loses_nothing_and_repeats_carry_the_key(
         if i < WEBHOOKS:
             record = request_record(user, channels=["webhook"])
             pipeline.produce_record("notifications.requests", f"acme:{user}", record)
-            hooks.append(notification_id(record["request_id"], user, "webhook"))
+            hooks.append(
+                notification_id(record["tenant_id"], record["request_id"], user, "webhook")
+            )
         if i < EMAILS:
             record = request_record(user)
             pipeline.produce_record("notifications.requests", f"acme:{user}", record)
-            emails.append(notification_id(record["request_id"], user, "email"))
+            emails.append(notification_id(record["tenant_id"], record["request_id"], user, "email"))
     pipeline.flush()
 
     wait_until(

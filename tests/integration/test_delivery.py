@@ -124,7 +124,7 @@ def send_webhook(pipeline: Pipeline, tenant: str, user: str, **fields: Any) -> s
     record = request_record(user, tenant=tenant, channels=["webhook"], **fields)
     pipeline.produce_record("notifications.requests", f"{tenant}:{user}", record)
     pipeline.flush()
-    return notification_id(record["request_id"], user, "webhook")
+    return notification_id(record["tenant_id"], record["request_id"], user, "webhook")
 
 
 def statuses(pipeline: Pipeline, nid: str) -> list[dict[str, Any]]:

@@ -98,7 +98,7 @@ def latency(pipeline: Pipeline, watcher: StatusWatcher, user: str) -> float:
     record = in_app(user, priority="high")
     pipeline.produce_record("notifications.requests", f"acme:{user}", record)
     pipeline.flush()
-    nid = notification_id(str(record["request_id"]), user, "in_app")
+    nid = notification_id(record["tenant_id"], str(record["request_id"]), user, "in_app")
     events = watcher.until_delivered(nid)
     start = int(record["occurred_at"])  # type: ignore[call-overload]
     seconds = (events[-1]["occurred_at"] - start) / 1000

@@ -83,7 +83,7 @@ def test_shim_and_upstream_notifications_arrive_once_rendered_and_reach_sent(
         upstream.produce(
             topic, key=f"acme:{user}", value=pipeline.codec.encode("NotificationRequest", record)
         )
-        expected[notification_id(record["request_id"], user, "email")] = user
+        expected[notification_id(record["tenant_id"], record["request_id"], user, "email")] = user
     assert upstream.flush(30) == 0
 
     smtp.wait_for(400, timeout=180, check=pipeline.assert_alive)
@@ -199,7 +199,7 @@ def test_malformed_request_is_dead_lettered_and_the_partition_moves_on(
     pipeline.produce_record("notifications.requests", key, behind)
     pipeline.flush()
 
-    nid = notification_id(behind["request_id"], "poisoned", "email")
+    nid = notification_id(behind["tenant_id"], behind["request_id"], "poisoned", "email")
     pipeline.wait_for_status([nid], {"sent"})
     assert len(smtp.by_notification_id()[nid]) == 1
 
@@ -227,7 +227,7 @@ def test_invalid_request_gets_failed_status_with_the_reason(pipeline: Pipeline) 
     record = request_record("badjson", data_json="[1, 2]")
     pipeline.produce_record("notifications.requests", "acme:badjson", record)
     pipeline.flush()
-    nid = notification_id(record["request_id"], "badjson", "email")
+    nid = notification_id(record["tenant_id"], record["request_id"], "badjson", "email")
     pipeline.wait_for_status([nid], {"failed"})
     [failed] = [e for e in pipeline.statuses[nid] if e["status"] == "failed"]
     assert failed["reason"] == "data_json: must be a JSON object"
@@ -240,7 +240,7 @@ def test_template_error_fails_without_retry(pipeline: Pipeline, smtp: SmtpCaptur
     )
     pipeline.produce_record("notifications.requests", "acme:tplerr", record)
     pipeline.flush()
-    nid = notification_id(record["request_id"], "tplerr", "email")
+    nid = notification_id(record["tenant_id"], record["request_id"], "tplerr", "email")
     pipeline.wait_for_status([nid], {"failed"})
     [failed] = [e for e in pipeline.statuses[nid] if e["status"] == "failed"]
     assert failed["stage"] == "render" and "missing" in failed["reason"]
@@ -265,7 +265,7 @@ def test_template_bombs_fail_at_render_and_the_partition_keeps_moving(
     for source in [*TEMPLATE_BOMBS, "Hi {{ name }}"]:
         record = request_record("tplbomb", content={"subject": "Hi", "text": source, "html": None})
         pipeline.produce_record("notifications.requests", "acme:tplbomb", record)
-        ids.append(notification_id(record["request_id"], "tplbomb", "email"))
+        ids.append(notification_id(record["tenant_id"], record["request_id"], "tplbomb", "email"))
     pipeline.flush()
     *bombs, clean = ids
     pipeline.wait_for_status([clean], {"sent"}, timeout=60)
@@ -329,7 +329,7 @@ def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
         headers={"traceparent": f"00-{trace_id}-{'1' * 16}-01".encode()},
     )
     pipeline.flush()
-    nid = notification_id(record["request_id"], "traced", "email")
+    nid = notification_id(record["tenant_id"], record["request_id"], "traced", "email")
     pipeline.wait_for_status([nid], {"sent"})
 
     def traceparents(topic: str) -> list[str]:
@@ -410,8 +410,10 @@ def test_templates_from_the_templates_topic_are_rendered(
         pipeline.produce_record("notifications.requests", f"acme:{user}", record)
     pipeline.flush()
 
-    sent_id = notification_id(with_template["request_id"], "templated", "email")
-    failed_id = notification_id(missing["request_id"], "untemplated", "email")
+    sent_id = notification_id(
+        with_template["tenant_id"], with_template["request_id"], "templated", "email"
+    )
+    failed_id = notification_id(missing["tenant_id"], missing["request_id"], "untemplated", "email")
     pipeline.wait_for_status([sent_id], {"sent"})
     pipeline.wait_for_status([failed_id], {"failed"})
     [message] = smtp.by_notification_id()[sent_id]
@@ -425,7 +427,9 @@ def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
     record = request_record("metered")
     pipeline.produce_record("notifications.requests", "acme:metered", record)
     pipeline.flush()
-    pipeline.wait_for_status([notification_id(record["request_id"], "metered", "email")], {"sent"})
+    pipeline.wait_for_status(
+        [notification_id(record["tenant_id"], record["request_id"], "metered", "email")], {"sent"}
+    )
     text = httpx.get(f"http://127.0.0.1:{pipeline.metrics_port}/metrics", timeout=5).text
     for line in (
         'notifications_stage_messages_total{outcome="accepted",stage="request"}',
@@ -449,7 +453,9 @@ def test_messages_the_provider_cannot_take_fail_alone_and_trip_no_shared_breaker
     for i in range(5):
         record = request_record(f"crlf{i}", content=broken)
         pipeline.produce_record("notifications.requests", f"acme:crlf{i}", record)
-        bad_ids.append(notification_id(record["request_id"], f"crlf{i}", "email"))
+        bad_ids.append(
+            notification_id(record["tenant_id"], record["request_id"], f"crlf{i}", "email")
+        )
     pipeline.flush()
     pipeline.wait_for_status(bad_ids, {"failed"}, timeout=30)
     for nid in bad_ids:
@@ -460,7 +466,40 @@ def test_messages_the_provider_cannot_take_fail_alone_and_trip_no_shared_breaker
     clean = request_record("clean-globex", tenant="globex")
     pipeline.produce_record("notifications.requests", "globex:clean-globex", clean)
     pipeline.flush()
-    clean_id = notification_id(clean["request_id"], "clean-globex", "email")
+    clean_id = notification_id(clean["tenant_id"], clean["request_id"], "clean-globex", "email")
     pipeline.wait_for_status([clean_id], {"sent"}, timeout=20)
     assert len(smtp.by_notification_id()[clean_id]) == 1
     assert not set(bad_ids) & set(smtp.by_notification_id())
+
+
+def test_two_tenants_reusing_a_request_id_and_user_id_are_both_delivered_and_counted(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Upstream services choose request ids, and user ids repeat across tenants: the
+    notification id carries the tenant, so neither tenant's notification is taken for the
+    other's (issue 19, item 1: the second was marked sent from the `delivered` table without
+    being sent, and the sink kept one row)."""
+    shared_request_id = str(uuid.uuid4())
+    ids = {}
+    for tenant in ("acme", "globex"):
+        record = request_record(
+            "twin",
+            tenant=tenant,
+            request_id=shared_request_id,
+            recipient={"email": f"twin@{tenant}.example.test"},
+        )
+        pipeline.produce_record("notifications.requests", f"{tenant}:twin", record)
+        ids[tenant] = notification_id(tenant, shared_request_id, "twin", "email")
+    pipeline.flush()
+    assert ids["acme"] != ids["globex"]
+    pipeline.wait_for_status(list(ids.values()), {"sent"}, timeout=30)
+
+    received = smtp.by_notification_id()
+    for tenant, nid in ids.items():
+        [message] = received[nid]
+        assert message["To"] == f"twin@{tenant}.example.test"
+    wait_until(
+        lambda: sink_states(pipeline, list(ids.values())) == dict.fromkeys(ids.values(), "sent"),
+        20,
+        "both notifications in the sink",
+    )

@@ -51,7 +51,7 @@ def test_registry_framed_events_flow_end_to_end(
     for i in range(10):
         record = request_record(f"regup{i}")
         pipe.produce_record("notifications.requests", f"acme:regup{i}", record)
-        ids.append(notification_id(record["request_id"], f"regup{i}", "email"))
+        ids.append(notification_id(record["tenant_id"], record["request_id"], f"regup{i}", "email"))
     pipe.flush()
 
     pipe.wait_for_status(ids, {"sent"})

@@ -32,7 +32,7 @@ def request(tenant: str, user: str, **extra: Any) -> dict[str, Any]:
 def send(pipeline: Pipeline, tenant: str, user: str, **extra: Any) -> str:
     record = request(tenant, user, **extra)
     pipeline.produce_record("notifications.requests", f"{tenant}:{user}", record)
-    return notification_id(record["request_id"], user, "email")
+    return notification_id(record["tenant_id"], record["request_id"], user, "email")
 
 
 def preferences(tenant: str, user: str, **fields: Any) -> dict[str, Any]:

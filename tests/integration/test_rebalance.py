@@ -32,7 +32,7 @@ def test_worker_joining_mid_stream_loses_nothing(pipeline: Pipeline, smtp: SmtpC
     for i in range(TOTAL):
         record = request_record(f"rb{i}", batch_id=batch_id)
         pipeline.produce_record("notifications.requests", f"acme:rb{i}", record)
-        ids.append(notification_id(record["request_id"], f"rb{i}", "email"))
+        ids.append(notification_id(record["tenant_id"], record["request_id"], f"rb{i}", "email"))
     pipeline.flush()
 
     def ours_sent() -> int:

@@ -43,7 +43,7 @@ def test_receipts_update_the_status_once_each(pipeline: Pipeline) -> None:
     record = request_record("ada")
     pipeline.produce_record("notifications.requests", "acme:ada", record)
     pipeline.flush()
-    nid = notification_id(record["request_id"], "ada", "email")
+    nid = notification_id(record["tenant_id"], record["request_id"], "ada", "email")
     pipeline.wait_for_status([nid], {"sent"})
 
     delivered = sendgrid_event(nid, "delivered", "evt-1")
@@ -70,7 +70,7 @@ def test_receipts_for_unknown_or_foreign_notifications_are_dead_lettered(
     record = request_record("bob", tenant="globex")
     pipeline.produce_record("notifications.requests", "globex:bob", record)
     pipeline.flush()
-    foreign = notification_id(record["request_id"], "bob", "email")
+    foreign = notification_id(record["tenant_id"], record["request_id"], "bob", "email")
     pipeline.wait_for_status([foreign], {"sent"})
     publish(
         pipeline,
@@ -102,8 +102,8 @@ def test_one_tenants_event_id_does_not_pre_empt_anothers_receipt(pipeline: Pipel
     pipeline.produce_record("notifications.requests", "acme:carol", mine)
     pipeline.produce_record("notifications.requests", "globex:dave", theirs)
     pipeline.flush()
-    mine_id = notification_id(mine["request_id"], "carol", "email")
-    theirs_id = notification_id(theirs["request_id"], "dave", "email")
+    mine_id = notification_id(mine["tenant_id"], mine["request_id"], "carol", "email")
+    theirs_id = notification_id(theirs["tenant_id"], theirs["request_id"], "dave", "email")
     pipeline.wait_for_status([mine_id, theirs_id], {"sent"})
 
     publish(pipeline, [sendgrid_event(mine_id, "delivered", "evt-shared")])

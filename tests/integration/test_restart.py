@@ -30,7 +30,7 @@ def test_worker_restart_mid_stream_loses_nothing_and_counts_stay_exact(
         key = f"key-{batch_id}" if i == 0 else None
         record = request_record(user, batch_id=batch_id, idempotency_key=key)
         pipeline.produce_record("notifications.requests", f"acme:{user}", record)
-        ids.append(notification_id(record["request_id"], user, "email"))
+        ids.append(notification_id(record["tenant_id"], record["request_id"], user, "email"))
     pipeline.flush()
 
     def ours_sent() -> int:

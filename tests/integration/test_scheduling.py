@@ -40,7 +40,7 @@ def request(user: str, **extra: Any) -> dict[str, Any]:
 def send(pipeline: Pipeline, user: str, **extra: Any) -> str:
     record = request(user, **extra)
     pipeline.produce_record("notifications.requests", f"acme:{user}", record)
-    return notification_id(record["request_id"], user, "email")
+    return notification_id(record["tenant_id"], record["request_id"], user, "email")
 
 
 def template(template_id: str, content: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -191,7 +191,7 @@ def test_send_many_accepts_the_valid_items_and_reports_the_others_by_index(
         ("m3", "in_app"),
     }
     assert results[2]["notifications"][0]["notification_id"] == notification_id(
-        results[2]["request_id"], "m3", results[2]["notifications"][0]["channel"]
+        "tenant-a", results[2]["request_id"], "m3", results[2]["notifications"][0]["channel"]
     )
 
     # Each accepted item is on the request topic with the call's key + its index.
@@ -518,7 +518,7 @@ def test_progress_counts_batch_events_and_statuses_of_the_batch(
         produce(settings, producer, "notifications.batch-events", "BatchEvent", batch_id, record)
 
     def status(request_id: str, user: str, state: str) -> None:
-        nid = notification_id(request_id, user, "email")
+        nid = notification_id("tenant-a", request_id, user, "email")
         record = {
             "event_id": status_event_id(nid, state),
             "notification_id": nid,

@@ -56,7 +56,7 @@ def send_to(pipeline: Pipeline, user: str, **extra: Any) -> str:
     record = request_record(user, **extra)
     pipeline.produce_record("notifications.requests", f"acme:{user}", record)
     pipeline.flush()
-    return notification_id(record["request_id"], user, "email")
+    return notification_id(record["tenant_id"], record["request_id"], user, "email")
 
 
 def test_batch_caps_and_idempotency_survive_a_kill(
@@ -83,7 +83,10 @@ def test_batch_caps_and_idempotency_survive_a_kill(
         command_id = client.append_chunk(batch_id, "acme", token, chunk)
         ids += [
             notification_id(
-                request_id_for(batch_id, command_id, i), r["recipients"][0]["user_id"], "email"
+                "acme",
+                request_id_for(batch_id, command_id, i),
+                r["recipients"][0]["user_id"],
+                "email",
             )
             for i, r in enumerate(chunk)
         ]

@@ -53,4 +53,4 @@ def produce_request(pipeline: Pipeline, record: dict[str, Any], channel: str = "
     """Produce to notifications.requests keyed by the first recipient; that recipient's id."""
     user = record["recipients"][0]["user_id"]
     pipeline.produce_record("notifications.requests", f"{record['tenant_id']}:{user}", record)
-    return notification_id(record["request_id"], user, channel)
+    return notification_id(record["tenant_id"], record["request_id"], user, channel)

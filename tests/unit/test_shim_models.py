@@ -191,7 +191,7 @@ def test_accepted_request_is_produced_keyed_by_first_recipient(
     request_id = accepted["request_id"]
     assert accepted["notifications"] == [
         {
-            "notification_id": notification_id(request_id, user, channel),
+            "notification_id": notification_id("tenant-a", request_id, user, channel),
             "user_id": user,
             "channel": channel,
         }
