@@ -246,6 +246,28 @@ def test_unreachable_broker_answers_503_not_202(settings: Settings) -> None:
         assert ready.json()["checks"]["kafka"] != "ok"
 
 
+def test_without_the_database_the_shim_is_degraded_but_ready_and_still_accepts(
+    settings: Settings,
+) -> None:
+    """Sending needs Kafka, not Postgres: /ready stays 200 (`degraded`), sends are 202, reads
+    are 503 (issue 19, item 7: /ready answered 503 and took a sending shim out of rotation)."""
+    no_database = settings.model_copy(
+        update={"database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none"}
+    )
+    body = {"recipients": [{"user_id": "u1"}], "channels": ["email"], "content": {"text": "x"}}
+    with TestClient(create_app(no_database)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["kafka"] == "ok"
+        assert ready.json()["checks"]["database"].startswith("failed")
+        sent = client.post("/api/v1/notifications", json=body, headers=KEY_A)
+        assert sent.status_code == 202, sent.text
+        nid = sent.json()["notifications"][0]["notification_id"]
+        read = client.get(f"/api/v1/notifications/{nid}", headers=KEY_A)
+        assert read.status_code == 503, read.text
+
+
 def test_a_shim_started_without_configured_keys_refuses_the_demo_key(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
