@@ -8,11 +8,12 @@ here are checked against the .avsc symbols by tests/unit/test_shim_models.py.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,6 +26,8 @@ MAX_RECIPIENTS = 1000
 MAX_CONTENT_BYTES = 256 * 1024
 MAX_DATA_BYTES = 256 * 1024
 MAX_METADATA_ENTRIES = 64
+# How far ahead send_at may be: held notifications live in the scheduler's table until then.
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
@@ -107,8 +110,23 @@ class NotificationCreate(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     channels: list[Channel] = Field(min_length=1, description="Duplicates are ignored.")
     template_id: Id | None = Field(default=None, description="Either this or content.")
+    template_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="With template_id: this version, not the published one.",
+    )
     content: Content | None = Field(
         default=None, validate_default=True, description="Either this or template_id."
+    )
+    category: Literal["transactional", "marketing", "system", "alert"] | None = Field(
+        default=None,
+        description="For inline content (a template's own category wins); preferences and "
+        "digests are per category, and marketing takes the bulk lane.",
+    )
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Hold until then (ISO 8601 with a UTC offset); a time already past sends "
+        "now; at most 366 days ahead.",
     )
     data: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
     priority: Priority = Priority.normal
@@ -144,6 +162,20 @@ class NotificationCreate(BaseModel):
     @classmethod
     def _unique_channels(cls, channels: list[Channel]) -> list[Channel]:
         return list(dict.fromkeys(channels))
+
+    @field_validator("template_version")
+    @classmethod
+    def _version_needs_a_template(cls, version: int | None, info: ValidationInfo) -> int | None:
+        if version is not None and info.data.get("template_id") is None:
+            raise ValueError("template_version is only for a template_id")
+        return version
+
+    @field_validator("send_at")
+    @classmethod
+    def _not_too_far_ahead(cls, send_at: datetime | None) -> datetime | None:
+        if send_at is not None and send_at > datetime.now(UTC) + MAX_SCHEDULE_AHEAD:
+            raise ValueError(f"send_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
+        return send_at
 
     @field_validator("content", mode="after")
     @classmethod

@@ -58,6 +58,9 @@ def request_record(
         "metadata": dict(body.metadata),
         "provider_overrides": {channel.value: pid for channel, pid in body.providers.items()},
         "fallback_channels": [channel.value for channel in body.fallback_channels],
+        "category": body.category,
+        "template_version": body.template_version,
+        "send_at": int(body.send_at.timestamp() * 1000) if body.send_at else None,
     }
 
 

@@ -503,3 +503,25 @@ def test_two_tenants_reusing_a_request_id_and_user_id_are_both_delivered_and_cou
         20,
         "both notifications in the sink",
     )
+
+
+def test_send_at_over_http_is_held_then_sent_once(pipeline: Pipeline, smtp: SmtpCapture) -> None:
+    """send_at and category in the HTTP body reach the pipeline (issue 19, item 3: the shim
+    refused them, though the Kafka request schema has them)."""
+    send_at = now_ms() + 6_000
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(send_at / 1000))
+    iso += f".{send_at % 1000:03d}+00:00"
+    body = shim_body("later-http", send_at=iso, category="alert")
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        response = client.post("/api/v1/notifications", json=body)
+    assert response.status_code == 202, response.text
+    [item] = response.json()["notifications"]
+    nid = item["notification_id"]
+    pipeline.wait_for_status([nid], {"deferred"}, timeout=30)
+    [deferral] = [e for e in pipeline.statuses[nid] if e["status"] == "deferred"]
+    assert deferral["deferred_until"] == send_at
+    assert nid not in smtp.by_notification_id()
+    pipeline.wait_for_status([nid], {"sent"}, timeout=60)
+    assert len(smtp.by_notification_id()[nid]) == 1
+    [sent] = [e for e in pipeline.statuses[nid] if e["status"] == "sent"]
+    assert sent["occurred_at"] >= send_at

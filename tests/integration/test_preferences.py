@@ -248,6 +248,28 @@ def test_send_at_in_the_future_defers_until_then(pipeline: Pipeline) -> None:
     assert deferral["reason"].endswith("(send_at)")
 
 
+def test_an_opt_out_while_held_for_send_at_is_honoured_at_release(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Preferences are read again when a held notification is released (it re-enters
+    enrich): a user who turns email off during the send_at wait gets nothing (issue 19,
+    item 6)."""
+    nid = send(pipeline, "acme", "held-optout", send_at=now_ms() + 15_000)
+    pipeline.flush()
+    pipeline.wait_for_status([nid], {"deferred"})
+    pipeline.produce_record(
+        "users.preferences",
+        "acme:held-optout",
+        preferences("acme", "held-optout", channels={"email": False}),
+    )
+    wait_materialised(pipeline, "users.preferences")
+    pipeline.wait_for_status([nid], {"suppressed"}, timeout=60)
+    assert [e["status"] for e in pipeline.statuses[nid]][-1] == "suppressed"
+    assert reasons(pipeline, nid, "suppressed") == ["recipient disabled the email channel"]
+    time.sleep(1)
+    assert nid not in smtp.by_notification_id()
+
+
 def test_disabled_tenant_fails_and_cancelled_batch_is_cancelled(pipeline: Pipeline) -> None:
     pipeline.produce_record("config.tenants", "initech", {"tenant_id": "initech", "enabled": False})
     batch_id = f"b-{uuid.uuid4().hex[:8]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,15 @@ def test_401_comes_before_body_validation(client: TestClient) -> None:
         (_with(priority="urgent"), "priority", "Input should be"),
         (_with(metadata={"k": 1}), "metadata.k", "valid string"),
         (_with(colour="blue"), "colour", "Extra inputs are not permitted"),
+        (_with(category="promo"), "category", "Input should be"),
+        (_with(template_version=2), "template_version", "only for a template_id"),
+        (
+            _with(template_id="welcome", content=None, template_version=0),
+            "template_version",
+            "greater than or equal to 1",
+        ),
+        (_with(send_at="2030-01-01T09:00:00"), "send_at", "timezone info"),
+        (_with(send_at="2999-01-01T09:00:00Z"), "send_at", "at most 366 days ahead"),
     ],
 )
 def test_bad_body_is_422_naming_the_field(
@@ -215,6 +225,37 @@ def test_accepted_request_is_produced_keyed_by_first_recipient(
     assert json.loads(record["data_json"]) == {"name": "Ada"}
     assert record["priority"] == "normal"
     assert record["metadata"] == {"source": "unit"}
+
+
+def test_send_at_category_and_template_version_reach_the_request_record(
+    client: TestClient, producer: FakeProducer
+) -> None:
+    """They are in the Kafka request schema and now in the HTTP body too (issue 19, item 3);
+    marketing takes the bulk lane, and send_at travels as epoch milliseconds."""
+    codec = build_codec(None, SchemaCatalog.load())
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    body = _with(
+        template_id="welcome",
+        content=None,
+        template_version=3,
+        category="marketing",
+        send_at=send_at.isoformat(),
+    )
+    response = _post(client, body)
+    assert response.status_code == 202, response.text
+    sent = producer.sent[0]
+    assert sent["topic"] == "unit.notifications.requests.bulk"
+    record = codec.decode(sent["value"], "NotificationRequest")
+    assert record["template_version"] == 3
+    assert record["category"] == "marketing"
+    assert record["send_at"] == int(send_at.timestamp() * 1000)
+
+    producer.sent.clear()
+    past = _post(client, _with(send_at="2020-01-01T00:00:00+02:00"))
+    assert past.status_code == 202, past.text  # a time already past: sent now (enrich)
+    record = codec.decode(producer.sent[0]["value"], "NotificationRequest")
+    assert record["send_at"] == int(datetime(2019, 12, 31, 22, tzinfo=UTC).timestamp() * 1000)
+    assert record["category"] is None and record["template_version"] is None
 
 
 def test_duplicate_channels_are_ignored(client: TestClient, producer: FakeProducer) -> None:
