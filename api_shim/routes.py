@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
@@ -16,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api_shim import batch_registry as registry
 from api_shim import errors
 from api_shim.auth import Principal, Reader, Sender
-from api_shim.errors import AUTHENTICATED, InvalidField, NotFound, Unavailable
+from api_shim.errors import AUTHENTICATED, Conflict, InvalidField, NotFound, Unavailable
 from api_shim.idempotency import IdempotencyKey, Packing, idempotent
 from api_shim.models import Accepted, NotificationCreate, NotificationOut
 from api_shim.publish import publish
@@ -125,6 +126,56 @@ def get_notification(
     if found is None:
         raise NotFound(f"no notification {notification_id!r}")
     return found
+
+
+class CancelRequested(BaseModel):
+    """The scheduler drops the held notification; `cancelled` on the status topic says it did
+    (a release that came first wins, and then no `cancelled` follows)."""
+
+    notification_id: str
+    status: str = "cancel_requested"
+
+
+@router.delete(
+    "/api/v1/notifications/{notification_id}",
+    status_code=202,
+    response_model=CancelRequested,
+    responses=errors.responses(AUTHENTICATED, 403, 404, 409, 503),
+    tags=["notifications"],
+    summary="Cancel a notification held for its send_at or quiet hours",
+    description="Only while its latest status is `deferred` (409 otherwise). Digest items "
+    "are not cancelled one by one.",
+)
+async def cancel_notification(
+    notification_id: Annotated[str, Path(max_length=256)], request: Request, caller: Sender
+) -> CancelRequested:
+    state = request.app.state
+    try:
+        found = await run_in_threadpool(
+            read_model.get_notification, state.engine, caller.tenant_id, notification_id
+        )
+    except SQLAlchemyError as exc:
+        raise Unavailable("the read model database is unavailable") from exc
+    if found is None:
+        raise NotFound(f"no notification {notification_id!r}")
+    if found["status"] != "deferred" or not found["recipient_id"]:
+        raise Conflict(
+            f"notification {notification_id!r} is {found['status']}; only a deferred one "
+            "can be cancelled"
+        )
+    command = {
+        "kind": "cancel",
+        "notification": None,
+        "release_at": 0,
+        "reason": None,
+        "digest_key": None,
+        "digest_rule": None,
+        "issued_at": int(time.time() * 1000),
+        "notification_id": notification_id,
+    }
+    key = recipient_key(caller.tenant_id, found["recipient_id"])
+    await publish(state, "notifications.deferred", "DeferredCommand", command, key=key)
+    return CancelRequested(notification_id=notification_id)
 
 
 class Health(BaseModel):

@@ -6,8 +6,10 @@ notifications.deferred (DeferredCommand, keyed tenant_id:user_id) -> notificatio
   digest:   add it to the open digest window of its tenant + user + channel + digest key; a
             flushed window becomes ONE new notification (template = the rule's template).
   tick:     a timer's nudge for one partition (no key): release what is due there.
+  cancel:   drop a held notification (`notification_id`, keyed by its recipient): the shim's
+            DELETE /api/v1/notifications/{id}. Too late (released, or never held): nothing.
 Status: deferred (each digest item, once) | accepted (a digest's own notification) |
-        digested (each item when its digest is sent; final).
+        digested (each item when its digest is sent; final) | cancelled (a cancel; final).
 
 Tables (written only while processing an event of the entry's partition, never from a timer):
   schedule: notification_id -> {"notification", "release_at", "issued_at", "partition",
@@ -181,6 +183,30 @@ async def release(entries: list[dict[str, Any]], partition: int, now: int) -> No
         }
         index.push(partition, now + MARKER_TTL_MS, EXPIRE_SCHEDULE, nid)
         metrics.processed(STAGE, "released", notification["occurred_at"])
+
+
+async def cancel(
+    event: EventT, command: dict[str, Any], partition: int, now: int, headers: dict[str, bytes]
+) -> None:
+    """Drop a held notification and say so (`cancelled`). The released marker it leaves keeps
+    a replayed schedule command (older `issued_at`) from holding it again."""
+    nid = command.get("notification_id") or ""
+    entry = schedule.get(nid) if nid else None
+    if entry is None or "notification" not in entry:
+        log.info("scheduler: cancel of %s: not held here (already released, or never)", nid)
+        metrics.processed(STAGE, "cancel_too_late")
+        return
+    notification = entry["notification"]
+    key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
+    if event.key != key:  # a cancel names its notification's recipient, or it is refused
+        await dead_letter(event, stage=STAGE, error=Rejected(f"cancel of {nid}: key {key!r}"))
+        return
+    await emit_status(
+        notification, "cancelled", stage=STAGE, headers=headers, reason="cancelled by the sender"
+    )
+    schedule[nid] = {"released_at": now, "issued_at": entry["issued_at"], "partition": partition}
+    index.push(partition, now + MARKER_TTL_MS, EXPIRE_SCHEDULE, nid)
+    metrics.processed(STAGE, "cancelled", notification["occurred_at"])
 
 
 # -- digests ----------------------------------------------------------------------------------
@@ -377,6 +403,9 @@ async def handle(event: EventT) -> None:
         _ticks_in_flight.pop(partition, None)
         await sweep(partition, now, headers)
         return
+    if command["kind"] == "cancel":
+        await cancel(event, command, partition, now, headers)
+        return
     notification = command.get("notification")
     if notification is None:
         await dead_letter(
@@ -415,6 +444,7 @@ def tick_record() -> dict[str, Any]:
         "digest_key": None,
         "digest_rule": None,
         "issued_at": now_ms(),
+        "notification_id": None,
     }
 
 

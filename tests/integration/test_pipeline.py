@@ -525,3 +525,35 @@ def test_send_at_over_http_is_held_then_sent_once(pipeline: Pipeline, smtp: Smtp
     assert len(smtp.by_notification_id()[nid]) == 1
     [sent] = [e for e in pipeline.statuses[nid] if e["status"] == "sent"]
     assert sent["occurred_at"] >= send_at
+
+
+def test_a_held_notification_is_cancelled_over_http_and_never_sent(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """DELETE /api/v1/notifications/{id} while it waits for its send_at: `cancelled`, final,
+    nothing sent, a second DELETE is 409 (issue 19, item 3)."""
+    send_at = now_ms() + 12_000
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(send_at / 1000 + 1))
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        response = client.post("/api/v1/notifications", json=shim_body("cancel-me", send_at=iso))
+        assert response.status_code == 202, response.text
+        nid = response.json()["notifications"][0]["notification_id"]
+        assert client.delete("/api/v1/notifications/no-such-id").status_code == 404
+        wait_until(
+            lambda: sink_states(pipeline, [nid]).get(nid) == "deferred", 20, "deferred in the sink"
+        )
+        cancelled = client.delete(f"/api/v1/notifications/{nid}")
+        assert cancelled.status_code == 202, cancelled.text
+        assert cancelled.json() == {"notification_id": nid, "status": "cancel_requested"}
+        pipeline.wait_for_status([nid], {"cancelled"}, timeout=20)
+        [event] = [e for e in pipeline.statuses[nid] if e["status"] == "cancelled"]
+        assert event["stage"] == "scheduler" and event["reason"] == "cancelled by the sender"
+        wait_until(
+            lambda: sink_states(pipeline, [nid]).get(nid) == "cancelled", 20, "cancelled in sink"
+        )
+        again = client.delete(f"/api/v1/notifications/{nid}")
+        assert again.status_code == 409, again.text
+    time.sleep(max(0.0, (send_at - now_ms()) / 1000) + 3)  # past its send_at and a tick
+    pipeline.poll_statuses()
+    assert [e["status"] for e in pipeline.statuses[nid]][-1] == "cancelled"
+    assert nid not in smtp.by_notification_id()
