@@ -173,9 +173,7 @@ class NotificationCreate(BaseModel):
     @field_validator("send_at")
     @classmethod
     def _not_too_far_ahead(cls, send_at: datetime | None) -> datetime | None:
-        if send_at is not None and send_at > datetime.now(UTC) + MAX_SCHEDULE_AHEAD:
-            raise ValueError(f"send_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
-        return send_at
+        return check_schedule_horizon(send_at)
 
     @field_validator("content", mode="after")
     @classmethod
@@ -196,6 +194,27 @@ class NotificationCreate(BaseModel):
         if size > MAX_DATA_BYTES:
             raise ValueError(f"data is {size} bytes as JSON; at most {MAX_DATA_BYTES} are allowed")
         return data
+
+
+def check_schedule_horizon(send_at: datetime | None) -> datetime | None:
+    if send_at is not None and send_at > datetime.now(UTC) + MAX_SCHEDULE_AHEAD:
+        raise ValueError(f"send_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
+    return send_at
+
+
+class Reschedule(BaseModel):
+    """A new send_at for a held notification (a time already past releases it now)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    send_at: AwareDatetime = Field(description="ISO 8601 with a UTC offset; at most 366 days.")
+
+    @field_validator("send_at")
+    @classmethod
+    def _not_too_far_ahead(cls, send_at: datetime) -> datetime:
+        checked = check_schedule_horizon(send_at)
+        assert checked is not None
+        return checked
 
 
 class NotificationRef(BaseModel):

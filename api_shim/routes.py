@@ -19,7 +19,7 @@ from api_shim import errors
 from api_shim.auth import Principal, Reader, Sender
 from api_shim.errors import AUTHENTICATED, Conflict, InvalidField, NotFound, Unavailable
 from api_shim.idempotency import IdempotencyKey, Packing, idempotent
-from api_shim.models import Accepted, NotificationCreate, NotificationOut
+from api_shim.models import Accepted, NotificationCreate, NotificationOut, Reschedule
 from api_shim.publish import publish
 from api_shim.records import notification_refs, request_record
 from connectors import read_model
@@ -128,18 +128,19 @@ def get_notification(
     return found
 
 
-class CancelRequested(BaseModel):
-    """The scheduler drops the held notification; `cancelled` on the status topic says it did
-    (a release that came first wins, and then no `cancelled` follows)."""
+class ChangeRequested(BaseModel):
+    """The scheduler changes the held notification: `cancelled`, or a new `deferred` with the
+    new `deferred_until`, on the status topic says it did (a release that came first wins,
+    and then nothing follows)."""
 
     notification_id: str
-    status: str = "cancel_requested"
+    status: str
 
 
 @router.delete(
     "/api/v1/notifications/{notification_id}",
     status_code=202,
-    response_model=CancelRequested,
+    response_model=ChangeRequested,
     responses=errors.responses(AUTHENTICATED, 403, 404, 409, 503),
     tags=["notifications"],
     summary="Cancel a notification held for its send_at or quiet hours",
@@ -148,7 +149,37 @@ class CancelRequested(BaseModel):
 )
 async def cancel_notification(
     notification_id: Annotated[str, Path(max_length=256)], request: Request, caller: Sender
-) -> CancelRequested:
+) -> ChangeRequested:
+    await _change_held(request, caller, notification_id, "cancel", release_at=0)
+    return ChangeRequested(notification_id=notification_id, status="cancel_requested")
+
+
+@router.patch(
+    "/api/v1/notifications/{notification_id}",
+    status_code=202,
+    response_model=ChangeRequested,
+    responses=errors.responses(AUTHENTICATED, 403, 404, 409, 422, 503),
+    tags=["notifications"],
+    summary="Move a held notification to a new send_at",
+    description="Only while its latest status is `deferred` (409 otherwise); a time already "
+    "past releases it now.",
+)
+async def reschedule_notification(
+    notification_id: Annotated[str, Path(max_length=256)],
+    body: Reschedule,
+    request: Request,
+    caller: Sender,
+) -> ChangeRequested:
+    release_at = int(body.send_at.timestamp() * 1000)
+    await _change_held(request, caller, notification_id, "reschedule", release_at=release_at)
+    return ChangeRequested(notification_id=notification_id, status="reschedule_requested")
+
+
+async def _change_held(
+    request: Request, caller: Principal, notification_id: str, kind: str, *, release_at: int
+) -> None:
+    """A cancel/reschedule command for the scheduler, keyed by the notification's recipient
+    (from the read model), only while the notification is deferred."""
     state = request.app.state
     try:
         found = await run_in_threadpool(
@@ -161,12 +192,12 @@ async def cancel_notification(
     if found["status"] != "deferred" or not found["recipient_id"]:
         raise Conflict(
             f"notification {notification_id!r} is {found['status']}; only a deferred one "
-            "can be cancelled"
+            "can be cancelled or rescheduled"
         )
     command = {
-        "kind": "cancel",
+        "kind": kind,
         "notification": None,
-        "release_at": 0,
+        "release_at": release_at,
         "reason": None,
         "digest_key": None,
         "digest_rule": None,
@@ -175,7 +206,6 @@ async def cancel_notification(
     }
     key = recipient_key(caller.tenant_id, found["recipient_id"])
     await publish(state, "notifications.deferred", "DeferredCommand", command, key=key)
-    return CancelRequested(notification_id=notification_id)
 
 
 class Health(BaseModel):

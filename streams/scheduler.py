@@ -8,6 +8,7 @@ notifications.deferred (DeferredCommand, keyed tenant_id:user_id) -> notificatio
   tick:     a timer's nudge for one partition (no key): release what is due there.
   cancel:   drop a held notification (`notification_id`, keyed by its recipient): the shim's
             DELETE /api/v1/notifications/{id}. Too late (released, or never held): nothing.
+  reschedule: move a held notification to `release_at` (PATCH .../{id}); past: release now.
 Status: deferred (each digest item, once) | accepted (a digest's own notification) |
         digested (each item when its digest is sent; final) | cancelled (a cancel; final).
 
@@ -43,6 +44,7 @@ from streams.events import (
 )
 from streams.ids import digest_id, expected_partition, recipient_key
 from streams.lanes import lane_of, lane_topic
+from streams.preferences import send_at_reason
 
 log = logging.getLogger(__name__)
 
@@ -185,22 +187,65 @@ async def release(entries: list[dict[str, Any]], partition: int, now: int) -> No
         metrics.processed(STAGE, "released", notification["occurred_at"])
 
 
-async def cancel(
+async def change_held(
     event: EventT, command: dict[str, Any], partition: int, now: int, headers: dict[str, bytes]
 ) -> None:
-    """Drop a held notification and say so (`cancelled`). The released marker it leaves keeps
-    a replayed schedule command (older `issued_at`) from holding it again."""
+    """Cancel or reschedule a held notification; too late (released, or never held here):
+    nothing, the notification goes its way."""
+    kind = command["kind"]
     nid = command.get("notification_id") or ""
     entry = schedule.get(nid) if nid else None
     if entry is None or "notification" not in entry:
-        log.info("scheduler: cancel of %s: not held here (already released, or never)", nid)
-        metrics.processed(STAGE, "cancel_too_late")
+        log.info("scheduler: %s of %s: not held here (already released, or never)", kind, nid)
+        metrics.processed(STAGE, f"{kind}_too_late")
         return
     notification = entry["notification"]
     key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
-    if event.key != key:  # a cancel names its notification's recipient, or it is refused
-        await dead_letter(event, stage=STAGE, error=Rejected(f"cancel of {nid}: key {key!r}"))
+    if event.key != key:  # a command names its notification's recipient, or it is refused
+        await dead_letter(event, stage=STAGE, error=Rejected(f"{kind} of {nid}: key {key!r}"))
         return
+    if kind == "cancel":
+        await cancel(nid, entry, partition, now, headers)
+    else:
+        await reschedule(nid, entry, command, partition, now, headers)
+
+
+async def reschedule(
+    nid: str,
+    entry: dict[str, Any],
+    command: dict[str, Any],
+    partition: int,
+    now: int,
+    headers: dict[str, bytes],
+) -> None:
+    """A new release time. The notification's own send_at moves with it, or enrich would hold
+    it again until the old one when it is released earlier."""
+    release_at = command["release_at"]
+    notification = {**entry["notification"], "send_at": release_at}
+    entry = {**entry, "notification": notification, "release_at": release_at}
+    entry["issued_at"] = max(entry["issued_at"], command["issued_at"])
+    if release_at <= now:
+        await release([entry], partition, now)
+        return
+    schedule[nid] = entry
+    index.push(partition, release_at, RELEASE, nid)
+    await emit_status(
+        notification,
+        "deferred",
+        stage=STAGE,
+        headers=headers,
+        reason=f"rescheduled: {send_at_reason(release_at)}",
+        deferred_until=release_at,
+    )
+    metrics.processed(STAGE, "rescheduled", notification["occurred_at"])
+
+
+async def cancel(
+    nid: str, entry: dict[str, Any], partition: int, now: int, headers: dict[str, bytes]
+) -> None:
+    """Drop a held notification and say so (`cancelled`). The released marker it leaves keeps
+    a replayed schedule command (older `issued_at`) from holding it again."""
+    notification = entry["notification"]
     await emit_status(
         notification, "cancelled", stage=STAGE, headers=headers, reason="cancelled by the sender"
     )
@@ -403,8 +448,8 @@ async def handle(event: EventT) -> None:
         _ticks_in_flight.pop(partition, None)
         await sweep(partition, now, headers)
         return
-    if command["kind"] == "cancel":
-        await cancel(event, command, partition, now, headers)
+    if command["kind"] in ("cancel", "reschedule"):
+        await change_held(event, command, partition, now, headers)
         return
     notification = command.get("notification")
     if notification is None:

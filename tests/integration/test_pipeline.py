@@ -557,3 +557,33 @@ def test_a_held_notification_is_cancelled_over_http_and_never_sent(
     pipeline.poll_statuses()
     assert [e["status"] for e in pipeline.statuses[nid]][-1] == "cancelled"
     assert nid not in smtp.by_notification_id()
+
+
+def test_a_held_notification_is_rescheduled_earlier_over_http_and_sent_once(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """PATCH /api/v1/notifications/{id} with a new send_at while it waits: a new `deferred`
+    with the new time, then sent then, not at the old time (issue 19, item 3)."""
+    original = now_ms() + 600_000
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(original / 1000))
+    with httpx.Client(base_url=pipeline.shim_url, headers=HEADERS, timeout=30) as client:
+        response = client.post("/api/v1/notifications", json=shim_body("move-me", send_at=iso))
+        assert response.status_code == 202, response.text
+        nid = response.json()["notifications"][0]["notification_id"]
+        wait_until(
+            lambda: sink_states(pipeline, [nid]).get(nid) == "deferred", 20, "deferred in the sink"
+        )
+        too_far = client.patch(
+            f"/api/v1/notifications/{nid}", json={"send_at": "2999-01-01T00:00:00Z"}
+        )
+        assert too_far.status_code == 422, too_far.text
+        sooner = now_ms() + 3_000
+        new_iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(sooner / 1000 + 1))
+        moved = client.patch(f"/api/v1/notifications/{nid}", json={"send_at": new_iso})
+        assert moved.status_code == 202, moved.text
+        assert moved.json() == {"notification_id": nid, "status": "reschedule_requested"}
+    pipeline.wait_for_status([nid], {"sent"}, timeout=40)
+    deferrals = [e["deferred_until"] for e in pipeline.statuses[nid] if e["status"] == "deferred"]
+    assert deferrals[0] == original // 1000 * 1000 and len(deferrals) == 2, deferrals
+    assert deferrals[1] < original
+    assert len(smtp.by_notification_id()[nid]) == 1
