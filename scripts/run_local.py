@@ -251,7 +251,7 @@ def main() -> None:
     print(f"SMTP capture listening on 127.0.0.1:{settings.smtp_port}")
     python = sys.executable
     children = [
-        # One worker per priority lane: a marketing blast never delays a password reset.
+        # One worker per part (streams/parts.py): a marketing blast never delays a password reset.
         start(
             "worker",
             [python, "-m", "streams", "worker", "-l", "info"],
@@ -264,6 +264,14 @@ def main() -> None:
             log_dir,
             # Its own ports would clash with the transactional worker's: none.
             {"WORKER_LANE": "bulk", "METRICS_PORT": None, "WORKER_WEB_PORT": None},
+        ),
+        start(
+            "worker-status",
+            [python, "-m", "streams", "worker", "-l", "info"],
+            log_dir,
+            # Status, batches, receipts, status webhooks: every status event, apart from
+            # the transactional lane (streams/parts.py).
+            {"WORKER_LANE": "status", "METRICS_PORT": None, "WORKER_WEB_PORT": None},
         ),
         start("sink", [python, "-m", "connectors.postgres_sink"], log_dir),
         start(

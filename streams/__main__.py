@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+from streams.parts import runs_stage_feeders, runs_status_flows, served_lanes
 from streams.provision import provision
 from streams.settings import get_settings
 
@@ -26,25 +27,19 @@ def main() -> None:
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
 
-    # Importing a stage module registers its agents. A bulk-lane worker runs only the
-    # per-lane stages (in their bulk lane); everything else runs once, with the
-    # transactional lane.
-    from streams import deliver, enrich, render, request, route  # noqa: F401
+    # Importing a module registers its agents (and declares its tables), so a worker
+    # imports only the modules of the parts it runs (streams/parts.py).
+    if served_lanes(settings):
+        from streams import deliver, enrich, render, request, route  # noqa: F401
+    if runs_stage_feeders(settings):
+        from streams import retry, scheduler, triggers  # noqa: F401
+    if runs_status_flows(settings):
+        from streams import batches, receipts, status, status_webhooks  # noqa: F401
 
     if settings.worker_lane == "bulk" and settings.bulk_worker_niceness:
         # Measured: sharing two cores with a bulk worker busy on a 20k backlog, a
         # transactional notification took up to 1.4 s; with the bulk worker niced, under 1 s.
         os.nice(settings.bulk_worker_niceness)
-    if settings.worker_lane != "bulk":
-        from streams import (  # noqa: F401
-            batches,
-            receipts,
-            retry,
-            scheduler,
-            status,
-            status_webhooks,
-            triggers,
-        )
     from streams.app import app
 
     # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever

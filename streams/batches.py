@@ -29,9 +29,9 @@ from streams.events import (
     now_ms,
     outgoing_headers,
 )
+from streams.fanout import fan_out
 from streams.ids import recipient_key
 from streams.lanes import request_topic
-from streams.request import fan_out
 
 STAGE = "batches"
 _NAMESPACE = uuid.UUID("0c0f2f6e-0d8b-4a51-9f6b-6a1c1de2a7b3")

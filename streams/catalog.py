@@ -59,7 +59,7 @@ class TopicCatalog:
         specs = []
         for entry in raw["topics"]:
             merged = {**defaults, **entry}
-            physical = settings.topic(merged["name"].format(app_id=settings.worker_app_id))
+            physical = settings.topic(merged["name"].format(app_id=settings.tables_app_id))
             specs.append(TopicSpec(physical_name=physical, **merged))
         return cls(specs)
 

@@ -10,7 +10,8 @@ from faust.types import EventT, StreamT
 from streams import config_views
 from streams.app import app, settings, topics
 from streams.events import guarded
-from streams.lanes import LANES, Lane, lane_topic
+from streams.lanes import Lane, lane_topic
+from streams.parts import served_lanes
 
 Handler = Callable[[EventT], Awaitable[None]]
 
@@ -20,13 +21,8 @@ def lane_agents(source: str, stage: str, handler: Handler, *, needs_views: bool 
 
     Concurrency 1: the handlers write tables, and partition order is the contract.
     """
-    for lane in served_lanes():
+    for lane in served_lanes(settings):
         _register(source, stage, handler, lane, needs_views)
-
-
-def served_lanes() -> tuple[Lane, ...]:
-    """The lanes this worker runs (WORKER_LANE)."""
-    return LANES if settings.worker_lane == "all" else (settings.worker_lane,)
 
 
 def _register(source: str, stage: str, handler: Handler, lane: Lane, needs_views: bool) -> None:

@@ -22,9 +22,10 @@ from streams.events import (
     outgoing_headers,
 )
 from streams.expiry import Sweeper, is_live
-from streams.ids import notification_id, recipient_key, request_id_from_position
+from streams.fanout import fan_out
+from streams.ids import recipient_key, request_id_from_position
 from streams.lane_agents import lane_agents
-from streams.lanes import Lane, lane_of_request, lane_topic
+from streams.lanes import lane_of_request, lane_topic
 
 STAGE = "request"
 MAX_FAN_OUT = 10_000
@@ -60,44 +61,6 @@ def validate(request: dict[str, Any]) -> None:
         raise Rejected("template_version: a positive version, and only with template_id")
     if len(request["recipients"]) * len(request["channels"]) > MAX_FAN_OUT:
         raise Rejected(f"recipients x channels: more than {MAX_FAN_OUT} notifications")
-
-
-def fan_out(
-    request: dict[str, Any], request_id: str, lane: Lane = "transactional"
-) -> list[dict[str, Any]]:
-    """One in-flight Notification per distinct recipient x channel, with derived ids."""
-    seen: set[tuple[str, str]] = set()
-    notifications = []
-    for recipient in request["recipients"]:
-        for channel in request["channels"]:
-            if not recipient["user_id"] or (recipient["user_id"], channel) in seen:
-                continue
-            seen.add((recipient["user_id"], channel))
-            notifications.append(
-                {
-                    "notification_id": notification_id(
-                        request["tenant_id"], request_id, recipient["user_id"], channel
-                    ),
-                    "request_id": request_id,
-                    "tenant_id": request["tenant_id"],
-                    "batch_id": request.get("batch_id"),
-                    "occurred_at": request["occurred_at"],
-                    "channel": channel,
-                    "recipient": recipient,
-                    "template_id": request.get("template_id"),
-                    "content": request.get("content"),
-                    "data_json": request["data_json"],
-                    "priority": request.get("priority", "normal"),
-                    "metadata": request.get("metadata") or {},
-                    "category": request.get("category"),
-                    "template_version": request.get("template_version"),
-                    "send_at": request.get("send_at"),
-                    "lane": lane,
-                    "provider_overrides": request.get("provider_overrides") or {},
-                    "fallback_channels": request.get("fallback_channels") or [],
-                }
-            )
-    return notifications
 
 
 def claim_idempotency_key(request: dict[str, Any], request_id: str, partition: int) -> str | None:

@@ -22,6 +22,7 @@ from streams import metrics
 from streams.app import app, settings, topics
 from streams.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
 from streams.lanes import delivery_topic, lane_of
+from streams.parts import runs_stage_feeders
 
 STAGE = "retry"
 TIERS: tuple[tuple[str, float], ...] = (("short", 10.0), ("medium", 120.0), ("long", float("inf")))
@@ -87,6 +88,6 @@ async def release(event: EventT) -> None:
 
 # Retries are released once, by the transactional workers (the bulk lane's deliver stage
 # parks here too; the released notification goes back to its own lane's topic).
-if settings.worker_lane != "bulk":
+if runs_stage_feeders(settings):
     for _tier, _ in TIERS:
         register_release_agent(f"notifications.retry.{_tier}", f"retry-{_tier}", STAGE, release)

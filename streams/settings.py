@@ -37,12 +37,15 @@ class Settings(BaseSettings):
     kafka_ssl_key_file: str | None = None
 
     # Faust worker
-    # Which priority lane(s) this worker serves (streams/lanes.py). "transactional" runs the
-    # transactional lane and everything that is not per-lane (batches, status, scheduler,
-    # triggers, retries); "bulk" runs only the bulk lane, as its own consumer group
-    # (<app id>-bulk) with its own tables, producer and event loop, so a marketing blast
-    # cannot delay a password reset. "all" runs both in one process (no isolation under load).
-    worker_lane: Literal["all", "transactional", "bulk"] = "all"
+    # Which part of the pipeline this worker runs (streams/parts.py). "transactional": the
+    # transactional lane's stages plus the flows that feed stages (scheduler, retry release,
+    # triggers); "bulk": the bulk lane's stages, as its own consumer group (<app id>-bulk)
+    # with its own tables, so a marketing blast cannot delay a password reset; "status": the
+    # flows that read every status event (status and batch tracking, receipts, status
+    # webhooks), as group <app id>-status on the main group's tables, so the status events
+    # of a bulk blast do not queue in front of transactional stages. "all" runs everything
+    # in one process (no isolation under load).
+    worker_lane: Literal["all", "transactional", "bulk", "status"] = "all"
     # A bulk-lane worker lowers its CPU priority by this much (os.nice), so on a shared
     # machine the transactional worker gets the CPU first. 0: leave it.
     bulk_worker_niceness: int = 10
@@ -246,7 +249,16 @@ class Settings(BaseSettings):
 
     @property
     def worker_app_id(self) -> str:
-        """The Faust app id of this worker: the bulk lane is its own group, with own tables."""
+        """The Faust app id (consumer group) of this worker: one group per part."""
+        if self.worker_lane in ("bulk", "status"):
+            return f"{self.app_id}-{self.worker_lane}"
+        return self.app_id
+
+    @property
+    def tables_app_id(self) -> str:
+        """The `{app_id}` of this worker's table changelogs. The bulk lane has its own
+        tables; the status part works on the main group's (the ones an all-in-one worker
+        keeps), so splitting a deployment into parts keeps its status and batch state."""
         return f"{self.app_id}-bulk" if self.worker_lane == "bulk" else self.app_id
 
     @property

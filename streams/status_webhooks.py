@@ -35,6 +35,7 @@ from connectors.egress import Egress, guarded_client
 from streams import metrics, webhook_subscriptions
 from streams.app import app, settings, topics
 from streams.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
+from streams.parts import runs_status_flows
 from streams.sealing import SealingError
 from streams.webhook_retry import next_step, register_release_agents
 from streams.webhook_rules import (
@@ -143,7 +144,7 @@ def _agent(source: str, name: str, handler: Any, concurrency: int) -> None:
     app.agent(topics.source(source), name=name, concurrency=concurrency)(run)
 
 
-if settings.worker_lane != "bulk":
+if runs_status_flows(settings):
     _agent("notifications.status", DISPATCH, dispatch, 1)
     # Concurrent: the agents share the partitions' queue, and Faust commits an offset only
     # once every event before it is done. Order between deliveries is not promised.

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -124,6 +125,34 @@ def bulk_consumed(pipeline: Pipeline, logical_topic: str) -> int:
         return sum(max(tp.offset, 0) for tp in committed)
     finally:
         group.close()
+
+
+def tracked_status(pipeline: Pipeline, nid: str) -> str | None:
+    """The notification's status in the status worker's table (its web page)."""
+    try:
+        return pipeline.worker_json(f"/notifications/{nid}/").get("status")
+    except httpx.HTTPError:  # the status worker's web server is not up yet
+        return None
+
+
+def test_the_status_part_tracks_what_the_lanes_deliver(
+    pipeline: Pipeline, watcher: StatusWatcher
+) -> None:
+    """Split, status tracking runs in its own worker (WORKER_LANE=status): it must still
+    see every notification's statuses, of both lanes."""
+    assert pipeline.status_worker is not None
+    for user, priority in (("track-t", "high"), ("track-b", "low")):
+        record = in_app(user, priority=priority)
+        topic = "notifications.requests" + (".bulk" if priority == "low" else "")
+        pipeline.produce_record(topic, f"acme:{user}", record)
+        pipeline.flush()
+        nid = notification_id(record["tenant_id"], str(record["request_id"]), user, "in_app")
+        watcher.until_delivered(nid)
+        wait_until(
+            lambda nid=nid: tracked_status(pipeline, nid) == "delivered",
+            60,
+            f"the status worker to track {user}'s notification as delivered",
+        )
 
 
 def test_marketing_backlog_does_not_delay_transactional(

@@ -129,12 +129,24 @@ class Pipeline:
             log_dir,
         )
         self.bulk_worker: Process | None = None
+        self.status_worker: Process | None = None
         if split_lanes:
-            self.worker.env = {**self.env, "WORKER_LANE": "transactional"}
-            bulk_env = {**self.env, "WORKER_LANE": "bulk"}
-            for name in ("WORKER_WEB_PORT", "METRICS_PORT"):
-                bulk_env.pop(name, None)
-            self.bulk_worker = Process("bulk-worker", self.worker.argv, bulk_env, log_dir)
+            # Each port goes to the part that serves it: metrics to the transactional
+            # worker, the table pages (status.py) to the status worker.
+            def part(lane: str, *without: str) -> dict[str, str]:
+                env = {**self.env, "WORKER_LANE": lane}
+                for name in without:
+                    env.pop(name, None)
+                return env
+
+            argv = self.worker.argv
+            self.worker.env = part("transactional", "WORKER_WEB_PORT")
+            self.bulk_worker = Process(
+                "bulk-worker", argv, part("bulk", "WORKER_WEB_PORT", "METRICS_PORT"), log_dir
+            )
+            self.status_worker = Process(
+                "status-worker", argv, part("status", "METRICS_PORT"), log_dir
+            )
         self.sink = Process(
             "sink", [sys.executable, "-m", "connectors.postgres_sink"], self.env, log_dir
         )
@@ -172,8 +184,9 @@ class Pipeline:
     def start(self, *, shim: bool = False) -> Pipeline:
         self.provision()
         self.worker.start()
-        if self.bulk_worker is not None:
-            self.bulk_worker.start()
+        for part in (self.bulk_worker, self.status_worker):
+            if part is not None:
+                part.start()
         self.sink.start()
         if shim:
             self.shim.start()
@@ -181,7 +194,7 @@ class Pipeline:
         return self
 
     def stop(self) -> None:
-        for process in (self.shim, self.worker, self.bulk_worker, self.sink):
+        for process in (self.shim, self.worker, self.bulk_worker, self.status_worker, self.sink):
             if process is not None:
                 process.stop()
         if self._status_consumer is not None:
@@ -189,8 +202,8 @@ class Pipeline:
 
     def assert_alive(self) -> None:
         """Fail fast, with the log, when a pipeline process died instead of timing out."""
-        for process in (self.worker, self.sink):
-            if process.proc is not None and not process.alive():
+        for process in (self.worker, self.bulk_worker, self.status_worker, self.sink):
+            if process is not None and process.proc is not None and not process.alive():
                 raise AssertionError(f"{process.name} exited:\n{process.tail()}")
 
     def _shim_ready(self) -> bool:

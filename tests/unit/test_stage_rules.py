@@ -9,9 +9,10 @@ import pytest
 
 from streams.enrich import enrich, resolve_address, suppression_reason
 from streams.events import Rejected
+from streams.fanout import fan_out
 from streams.lifecycle import rank, supersedes
 from streams.render import RenderError, render
-from streams.request import fan_out, validate
+from streams.request import validate
 
 
 def request(**overrides: Any) -> dict[str, Any]:
