@@ -7,7 +7,6 @@ preview calls the same function the render stage does, in the same sandbox.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import jinja2
@@ -37,6 +36,7 @@ from api_shim.admin_models import (
 from api_shim.auth import Admin, Principal
 from api_shim.errors import AUTHENTICATED, Conflict, NotFound
 from api_shim.idempotency import IdempotencyKey, idempotent
+from api_shim.keyed_locks import KeyedLocks
 from streams import templates
 from streams.templates import TemplateIndex
 
@@ -45,7 +45,7 @@ router = APIRouter(tags=["admin"])
 TOPIC = "notifications.templates"
 _syntax = ImmutableSandboxedEnvironment()
 # Version numbers are chosen under this lock: two creations in one process never collide.
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_locks = KeyedLocks()
 
 
 class TemplateProblem(FieldProblem):
@@ -142,8 +142,7 @@ async def create_version(
     _check_syntax(body)
 
     async def handler() -> tuple[int, TemplateOut]:
-        lock = _locks.setdefault((caller.tenant_id, template_id), asyncio.Lock())
-        async with lock:
+        async with _locks.hold((caller.tenant_id, template_id)):
             known = _index(request, caller.tenant_id).versions(caller.tenant_id, template_id)
             version = max(known, default=0) + 1
             record = _record(caller.tenant_id, template_id, version, body)

@@ -22,7 +22,6 @@ the pipeline's own dedup (request idempotency keys, deterministic ids) keeps the
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ from fastapi.responses import JSONResponse
 from api_shim.auth import Principal
 from api_shim.errors import Conflict, Unavailable, Unprocessable
 from api_shim.idempotency_view import fresh
+from api_shim.keyed_locks import KeyedLocks
 from api_shim.publish import publish
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,41 @@ class Packing:
     unpack: Callable[[Any], Any]
 
 
-_locks: dict[str, asyncio.Lock] = {}
-_lock_users: dict[str, int] = {}  # holders and waiters per key: idle locks are dropped
+_locks = KeyedLocks()
 
 
 def body_sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+class StreamedBody:
+    """The digest of a body the handler streams (a CSV upload, too large to buffer first):
+    the request's `parameters` and every chunk, hashed as the handler reads them. A body not
+    read to the end (an upload cancelled mid-way) has only a digest of its parameters; a retry
+    that finds a stored answer has its own body read and hashed here to compare."""
+
+    def __init__(self, parameters: str) -> None:
+        self.parameters = parameters
+        self._sha = hashlib.sha256(parameters.encode() + b"\n")
+        self._complete = False
+
+    def update(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+
+    def finish(self) -> None:
+        self._complete = True
+
+    def unread_digest(self) -> str:
+        return body_sha256(f"{self.parameters}|read-in-part".encode())
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest() if self._complete else self.unread_digest()
+
+    async def read_all(self, request: Request) -> str:
+        async for chunk in request.stream():
+            self.update(chunk)
+        self.finish()
+        return self.hexdigest()
 
 
 def view_key(request: Request, principal: Principal, key: str) -> str:
@@ -117,57 +146,58 @@ async def idempotent(
     key: str | None,
     handler: Callable[[], Awaitable[tuple[int, Any]]],
     *,
-    request_sha256: str | None = None,
+    streamed: StreamedBody | None = None,
     packing: Packing | None = None,
 ) -> JSONResponse:
     """Runs `handler` (returning status code and body) once per key (see `view_key`).
 
-    `request_sha256` defaults to the hash of the request body (read once and cached by
-    Starlette); a streamed upload passes its own.
+    The request is recognised by the hash of its body (read once and cached by Starlette);
+    a handler that streams the body passes `streamed`, which it feeds as it reads.
     """
     if key is None:
         status, body = await handler()
         return JSONResponse(status_code=status, content=jsonable_encoder(body))
     state = request.app.state
     scoped = view_key(request, principal, key)
-    digest = request_sha256 or body_sha256(await request.body())
-    lock = _locks.setdefault(scoped, asyncio.Lock())
-    _lock_users[scoped] = _lock_users.get(scoped, 0) + 1
-    async with lock:
-        try:
-            stored = state.views[TOPIC].get(scoped)
-            if stored is not None and fresh(stored):
-                if (stored["method"], stored["path"], stored["request_sha256"]) != (
-                    request.method,
-                    request.url.path,
-                    digest,
-                ):
-                    raise Unprocessable(
-                        "this Idempotency-Key was used for a different request; "
-                        "use a new key for a new request"
-                    )
-                return _replay(stored, packing)
-            status, body = await handler()
-            content = jsonable_encoder(body)
-            if 200 <= status < 300:
-                form, body_json = _kept(status, content, packing)
-                record = {
-                    "tenant_id": principal.tenant_id,
-                    "idempotency_key": key,
-                    "method": request.method,
-                    "path": request.url.path,
-                    "request_sha256": digest,
-                    "status_code": status,
-                    "body_json": body_json,
-                    "created_at": int(time.time() * 1000),
-                    "body_form": form,
-                }
-                await _keep(state, scoped, record)
-            return JSONResponse(status_code=status, content=content)
-        finally:
-            _lock_users[scoped] -= 1
-            if not _lock_users[scoped]:
-                del _lock_users[scoped], _locks[scoped]
+    digest = None if streamed else body_sha256(await request.body())
+    async with _locks.hold(scoped):
+        stored = state.views[TOPIC].get(scoped)
+        if stored is not None and fresh(stored):
+            if streamed is not None:
+                digest = (
+                    streamed.unread_digest()
+                    if stored["request_sha256"] == streamed.unread_digest()
+                    else await streamed.read_all(request)
+                )
+            if (stored["method"], stored["path"], stored["request_sha256"]) != (
+                request.method,
+                request.url.path,
+                digest,
+            ):
+                raise Unprocessable(
+                    "this Idempotency-Key was used for a different request; "
+                    "use a new key for a new request"
+                )
+            return _replay(stored, packing)
+        status, body = await handler()
+        content = jsonable_encoder(body)
+        if streamed is not None:
+            digest = streamed.hexdigest()
+        if 200 <= status < 300:
+            form, body_json = _kept(status, content, packing)
+            record = {
+                "tenant_id": principal.tenant_id,
+                "idempotency_key": key,
+                "method": request.method,
+                "path": request.url.path,
+                "request_sha256": digest,
+                "status_code": status,
+                "body_json": body_json,
+                "created_at": int(time.time() * 1000),
+                "body_form": form,
+            }
+            await _keep(state, scoped, record)
+        return JSONResponse(status_code=status, content=content)
 
 
 async def _keep(state: Any, scoped: str, record: dict[str, Any]) -> None:

@@ -26,9 +26,15 @@ MAX_RECIPIENTS = 1000
 MAX_CONTENT_BYTES = 256 * 1024
 MAX_DATA_BYTES = 256 * 1024
 MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 1024
+MAX_ADDRESS_CHARS = 2048  # a webhook URL or a push token; both are far shorter in practice
 # How far ahead send_at may be: held notifications live in the scheduler's table until then.
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+Address = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ADDRESS_CHARS)]
 
 
 class Channel(StrEnum):
@@ -59,7 +65,7 @@ class Recipient(BaseModel):
     phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9][0-9 ().-]{2,31}$")
     locale: str | None = Field(default=None, max_length=35, examples=["en-GB"])
     timezone: str | None = Field(default=None, max_length=64, examples=["Europe/London"])
-    addresses: dict[str, str] = Field(
+    addresses: dict[Annotated[str, StringConstraints(max_length=32)], Address] = Field(
         default_factory=dict,
         max_length=8,
         description="Channel -> address where the channel has no field above: push (device "
@@ -136,7 +142,9 @@ class NotificationCreate(BaseModel):
         "The Idempotency-Key header, when given, wins.",
     )
     batch_id: Id | None = None
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=MAX_METADATA_ENTRIES
+    )
     providers: dict[Channel, Id] = Field(
         default_factory=dict,
         description="Per channel, the provider to try first (then the tenant's order): one "

@@ -29,11 +29,21 @@ class ProduceTimeout(ProduceError):
     pass
 
 
+class RecordTooLarge(ProduceError):
+    """Kafka refuses the record for its size (the client's or the broker's limit): the
+    caller's request is too large, not the service unavailable."""
+
+
+def _error(err: KafkaError) -> ProduceError:
+    too_large = err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+    return (RecordTooLarge if too_large else ProduceError)(err.str())
+
+
 def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
     if future.done():  # the caller timed out already
         return
     if err is not None:
-        future.set_exception(ProduceError(err.str()))
+        future.set_exception(_error(err))
     else:
         future.set_result(msg)
 
@@ -77,7 +87,10 @@ class AsyncProducer:
         except BufferError as exc:
             raise ProduceError("the producer's local queue is full") from exc
         except KafkaException as exc:
-            raise ProduceError(str(exc.args[0] if exc.args else exc)) from exc
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError):
+                raise _error(error) from exc
+            raise ProduceError(str(exc)) from exc
         try:
             return await asyncio.wait_for(future, self.ack_timeout)
         except TimeoutError as exc:

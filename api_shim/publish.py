@@ -13,8 +13,8 @@ from confluent_kafka import Message
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import State
 
-from api_shim.errors import InvalidField, Unavailable
-from api_shim.producer import ProduceError, ProduceTimeout
+from api_shim.errors import InvalidField, PayloadTooLarge, Unavailable
+from api_shim.producer import ProduceError, ProduceTimeout, RecordTooLarge
 from schemas import RecordValidationError, RegistryUnavailableError
 from streams.tracing import child_headers
 
@@ -52,6 +52,11 @@ async def produce(
             value=value,
             headers=child_headers({"traceparent": traceparent} if traceparent else None),
         )
+    except RecordTooLarge as exc:
+        raise PayloadTooLarge(
+            f"the record is over Kafka's message size limit ({len(value or b'')} bytes "
+            "encoded); send fewer recipients or smaller content per request"
+        ) from exc
     except ProduceTimeout as exc:
         raise Unavailable(
             f"Kafka did not acknowledge the write within {state.producer.ack_timeout:g}s; "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from api_shim.auth import Principal, Reader, Sender
 from api_shim.batch_models import BulkParams, UploadStatus
 from api_shim.bulk_csv import CsvFormatError
 from api_shim.errors import AUTHENTICATED, ApiError, Conflict, InvalidField, NotFound
-from api_shim.idempotency import IdempotencyKey, idempotent
+from api_shim.idempotency import IdempotencyKey, StreamedBody, idempotent
 from api_shim.models import ErrorBody, NotificationCreate
 from api_shim.uploads import (
     CANCELLED,
@@ -181,10 +180,8 @@ async def upload_csv(
     _check_content_type(request.headers.get("content-type"))
     base = _base(params)
     upload_id = _upload_id(caller, params, idempotency_key)
-    # The body streams and cannot be hashed first: a retry is recognised by its parameters.
-    digest = hashlib.sha256(
-        f"{request.url.query}|{request.headers.get('content-length', '')}".encode()
-    ).hexdigest()
+    # The body streams and cannot be hashed first: it is hashed as the receiver reads it.
+    streamed = StreamedBody(request.url.query)
 
     async def receive() -> tuple[int, UploadStatus]:
         upload = _start(state, caller, upload_id)
@@ -195,6 +192,7 @@ async def upload_csv(
             category=params.category,
             close=params.close,
             traceparent=traceparent,
+            body_digest=streamed,
         )
         try:
             await receiver.run(request)
@@ -202,7 +200,7 @@ async def upload_csv(
             raise MalformedCsv(upload, exc) from exc
         return (200 if upload.state == CANCELLED else 202), upload.status()
 
-    return await idempotent(request, caller, idempotency_key, receive, request_sha256=digest)
+    return await idempotent(request, caller, idempotency_key, receive, streamed=streamed)
 
 
 def _find(state: State, caller: Principal, upload_id: str) -> tuple[Upload | None, Any]:

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from api_shim import batch_registry as registry
 from api_shim.batch_models import RowErrorOut, UploadStatus
 from api_shim.bulk_csv import Row, RowError, RowParser
+from api_shim.idempotency import StreamedBody
 from api_shim.records import request_record
 from streams.batch_client import build_command, command_id_for, new_batch, token_sha256
 
@@ -163,8 +164,10 @@ class Receiver:
         category: str | None,
         close: bool,
         traceparent: str | None,
+        body_digest: StreamedBody | None = None,
     ) -> None:
         self.state = state
+        self.body_digest = body_digest
         self.upload = upload
         self.parser = RowParser(base)
         self.category = category
@@ -185,6 +188,8 @@ class Receiver:
             async for data in self._body(request):
                 await self._take(self.parser.feed(data))
             if not self._cancelled():
+                if self.body_digest is not None:
+                    self.body_digest.finish()
                 await self._take(self.parser.finish())
                 await self._flush()
                 if self.close:
@@ -306,4 +311,6 @@ class Receiver:
             except StopAsyncIteration:
                 return
             if data:
+                if self.body_digest is not None:
+                    self.body_digest.update(data)
                 yield data

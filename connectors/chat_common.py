@@ -15,6 +15,7 @@ Telegram's bot token is a path segment), and URLs travel further than headers do
 from __future__ import annotations
 
 import logging
+import weakref
 from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -33,18 +34,27 @@ _MIN_SECRET_LEN = 8
 # so a message quoting only the path or one query value is covered as well.
 _MIN_URL_PART_LEN = 16
 
-_log_secrets: set[str] = set()
+# The connectors alive now, not every one ever built: a provider re-configured a thousand times
+# leaves one entry, and a dropped connector's secrets go with it.
+_live_connectors: weakref.WeakSet[ChatConnector] = weakref.WeakSet()
+
+
+def _log_secrets() -> tuple[str, ...]:
+    return tuple(
+        {secret for connector in list(_live_connectors) for secret in connector.secrets_held}
+    )
 
 
 class _RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _log_secrets:
+        secrets = _log_secrets()
+        if not secrets:
             return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
             return True  # a malformed record: logging reports it; a filter must not raise
-        redacted = redact(message, tuple(_log_secrets))
+        redacted = redact(message, secrets)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
@@ -102,8 +112,8 @@ class ChatConnector(HttpConnector[HttpConfigT]):
         egress: Egress | None = None,
     ) -> None:
         super().__init__(config, http=http, egress=egress)
-        self._secrets = frozenset(s for s in self.secrets() if len(s) >= _MIN_SECRET_LEN)
-        _log_secrets.update(self._secrets)
+        self.secrets_held = frozenset(s for s in self.secrets() if len(s) >= _MIN_SECRET_LEN)
+        _live_connectors.add(self)
 
     def secrets(self) -> Iterable[str]:
         """The credential strings of this configuration (tokens, webhook URL forms)."""
@@ -117,7 +127,7 @@ class ChatConnector(HttpConnector[HttpConfigT]):
         try:
             return await self.post(message)
         except DeliveryError as exc:
-            scrubbed = type(exc)(redact(str(exc), self._secrets), retry_after=exc.retry_after)
+            scrubbed = type(exc)(redact(str(exc), self.secrets_held), retry_after=exc.retry_after)
             raise scrubbed from None
         except httpx.InvalidURL:
             raise ProviderRejectedError(f"{self.name}: the configured URL is invalid") from None

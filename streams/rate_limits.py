@@ -63,12 +63,38 @@ class TokenBucket:
 
 
 class RateLimits:
-    """Buckets by name ("provider:<id>", "tenant:<id>"), rebuilt when the rate changes."""
+    """Buckets by name ("provider:<id>", "tenant:<id>", "user:<sub>"), rebuilt when the rate
+    changes. At most `max_buckets` are kept: names come from traffic (every JWT subject, every
+    address a bad operator token came from), so when the map is full the buckets that have
+    refilled are dropped (a new bucket starts full: nothing changes for them), then, if every
+    bucket is busy, the least recently used."""
 
-    def __init__(self, burst_seconds: float = 1.0, max_wait_seconds: float = math.inf) -> None:
+    def __init__(
+        self,
+        burst_seconds: float = 1.0,
+        max_wait_seconds: float = math.inf,
+        max_buckets: int = 100_000,
+    ) -> None:
         self.burst_seconds = burst_seconds
         self.max_wait_seconds = max_wait_seconds
+        self.max_buckets = max_buckets
         self._buckets: dict[str, TokenBucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _make_room(self, now: float) -> None:
+        def refilled(bucket: TokenBucket) -> bool:
+            return bucket.tokens + max(0.0, now - bucket.updated) * bucket.rate >= bucket.burst
+
+        for name in [name for name, bucket in self._buckets.items() if refilled(bucket)]:
+            del self._buckets[name]
+        # Down to 90%, so a full map of busy buckets is not swept on every new name.
+        excess = len(self._buckets) - int(self.max_buckets * 0.9)
+        if excess > 0:
+            by_age = sorted(self._buckets, key=lambda name: self._buckets[name].updated)
+            for name in by_age[:excess]:
+                del self._buckets[name]
 
     def take(
         self,
@@ -90,6 +116,8 @@ class RateLimits:
         bucket = self._buckets.get(name)
         if bucket is None or bucket.rate != local_rate:
             started = time.monotonic() if now is None else now
+            if bucket is None and len(self._buckets) >= self.max_buckets:
+                self._make_room(started)
             bucket = self._buckets[name] = TokenBucket(local_rate, burst, burst, started)
         return min(bucket.take(reserve=burst * reserve_fraction, now=now), self.max_wait_seconds)
 

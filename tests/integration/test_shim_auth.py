@@ -417,6 +417,24 @@ def test_oversized_body_is_413_declared_or_streamed(settings: Settings) -> None:
         )
 
 
+def test_a_record_over_kafkas_size_limit_is_413_not_503(settings: Settings) -> None:
+    """An operator may raise SHIM_MAX_BODY_BYTES past Kafka's 1 MB message limit: a request
+    that passes the body limit but not Kafka's is the caller's to shrink (413), not an outage
+    to retry (503). The real producer refuses it before it leaves the process."""
+    roomy = settings.model_copy(update={"shim_max_body_bytes": 8 * 1024 * 1024})
+    addresses = {f"chat{i}": "a" * 2000 for i in range(8)}
+    recipients = [{"user_id": f"u{i}", "addresses": addresses} for i in range(80)]
+    with TestClient(create_app(roomy)) as client:
+        response = client.post(
+            "/api/v1/notifications", json={**BODY, "recipients": recipients}, headers=BOOTSTRAP_A
+        )
+        body = assert_error(response, 413, "payload_too_large")
+        assert "message size limit" in body["message"]
+        assert (
+            client.post("/api/v1/notifications", json=BODY, headers=BOOTSTRAP_A).status_code == 202
+        )
+
+
 def test_malformed_json_and_invalid_fields_are_422_naming_the_field(client: TestClient) -> None:
     broken = client.post(
         "/api/v1/notifications",

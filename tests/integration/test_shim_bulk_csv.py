@@ -416,6 +416,10 @@ def test_an_idempotency_key_replays_the_upload_answer(
     assert again.headers["Idempotent-Replayed"] == "true"
     other = upload(http, body, params(priority="high"), **{"Idempotency-Key": key})
     assert_error(other, 422, "unprocessable")
+    # Same parameters and length, other rows: a different request, not a replay.
+    swapped = body.replace(b"u0", b"x0")
+    assert len(swapped) == len(body) and swapped != body
+    assert_error(upload(http, swapped, params(), **{"Idempotency-Key": key}), 422, "unprocessable")
 
     batch_id = first.json()["batch_id"]
     commands.wait_for(lambda _m: of_batch(commands, batch_id, "close"), "close")

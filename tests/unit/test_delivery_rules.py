@@ -228,6 +228,25 @@ def test_rates_in_bounds_are_parsed() -> None:
     assert parse_rate("2.5") == 2.5 and parse_rate(MIN_RATE_PER_SEC) == MIN_RATE_PER_SEC
 
 
+def test_buckets_are_bounded_and_only_refilled_or_oldest_ones_go() -> None:
+    """Names come from traffic (every JWT subject): issue 21, LOW. A refilled bucket is
+    dropped first (a new one starts full, so nothing changes); a busy one keeps its debt."""
+    limits = RateLimits(burst_seconds=1.0, max_buckets=100)
+    while limits.take("user:busy", 0.1, now=0) == 0:  # drained; refills in 20 s
+        pass
+    for i in range(150):
+        limits.take(f"user:{i}", 100, now=1 + i * 0.05)  # refilled 0.01 s later
+        assert len(limits) <= 100
+    assert limits.take("user:busy", 0.1, now=8.6) > 0  # 0.86 tokens: its debt is kept
+    # Every bucket busy: the least recently used go, the map still stays bounded.
+    crowded = RateLimits(burst_seconds=1.0, max_buckets=10)
+    for i in range(50):
+        while crowded.take(f"user:{i}", 0.1, now=i) == 0:
+            pass
+        assert len(crowded) <= 10
+    assert crowded.take("user:49", 0.1, now=49) > 0
+
+
 def test_no_rate_means_unlimited() -> None:
     assert RateLimits().take("provider:x", None) == 0
 

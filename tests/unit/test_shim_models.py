@@ -153,6 +153,13 @@ def test_401_comes_before_body_validation(client: TestClient) -> None:
         (_with(data={"blob": "x" * (256 * 1024)}), "data", "at most 262144"),
         (_with(priority="urgent"), "priority", "Input should be"),
         (_with(metadata={"k": 1}), "metadata.k", "valid string"),
+        (_with(metadata={"k": "v" * 1025}), "metadata.k", "at most 1024 characters"),
+        (_with(metadata={"k" * 129: "v"}), "metadata." + "k" * 129 + ".[key]", "at most 128"),
+        (
+            _with(recipients=[{"user_id": "u1", "addresses": {"webhook": "h" * 2049}}]),
+            "recipients.0.addresses.webhook",
+            "at most 2048 characters",
+        ),
         (_with(colour="blue"), "colour", "Extra inputs are not permitted"),
         (_with(category="promo"), "category", "Input should be"),
         (_with(template_version=2), "template_version", "only for a template_id"),

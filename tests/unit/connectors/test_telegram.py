@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
 from pydantic import SecretStr
 
+from connectors import chat_common
 from connectors.base import DeliveryResult, OutboundMessage
 from connectors.telegram import TelegramConfig, TelegramConnector
 from connectors.telegram_html import telegram_html
@@ -144,6 +146,21 @@ async def test_the_token_never_appears_in_httpx_request_logs(
     await deliver(peer.url)
     assert f"HTTP Request: POST {peer.url}/bot<redacted>/sendMessage" in caplog.text
     assert TOKEN not in caplog.text
+
+
+async def test_only_live_connectors_secrets_are_kept_for_log_redaction() -> None:
+    """Every re-configured provider used to add its secrets to a process-wide set for good
+    (issue 21, LOW): the set grew, and each httpx log line was scanned against all of it."""
+    tokens = [f"12345:AAold-token-{i:04d}-secret" for i in range(50)]
+    for token in tokens:
+        config = TelegramConfig(base_url="http://127.0.0.1:9", token=SecretStr(token))
+        await TelegramConnector(config, egress=LOCAL_PEERS).close()
+    gc.collect()
+    live = connector_for("http://127.0.0.1:9")
+    held = chat_common._log_secrets()
+    assert not any(token in held for token in tokens)
+    assert TOKEN in held
+    await live.close()
 
 
 async def test_without_html_the_text_is_sent_plain(peer: HttpPeer) -> None:
