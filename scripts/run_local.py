@@ -250,20 +250,31 @@ def main() -> None:
     smtp.start()
     print(f"SMTP capture listening on 127.0.0.1:{settings.smtp_port}")
     python = sys.executable
+    # /metrics, /health and /ready of each worker part and the sink (streams/health.py).
+    base = int(os.environ.get("RUN_METRICS_BASE_PORT", "9461"))
+    ports = {
+        name: base + i for i, name in enumerate(("worker", "worker-bulk", "worker-status", "sink"))
+    }
+    for name, port in ports.items():
+        print(f"{name}: http://127.0.0.1:{port}/health, /ready, /metrics")
     children = [
         # One worker per part (streams/parts.py): a marketing blast never delays a password reset.
         start(
             "worker",
             [python, "-m", "streams", "worker", "-l", "info"],
             log_dir,
-            {"WORKER_LANE": "transactional"},
+            {"WORKER_LANE": "transactional", "METRICS_PORT": str(ports["worker"])},
         ),
         start(
             "worker-bulk",
             [python, "-m", "streams", "worker", "-l", "info"],
             log_dir,
-            # Its own ports would clash with the transactional worker's: none.
-            {"WORKER_LANE": "bulk", "METRICS_PORT": None, "WORKER_WEB_PORT": None},
+            # Faust's web port would clash with the transactional worker's: none.
+            {
+                "WORKER_LANE": "bulk",
+                "METRICS_PORT": str(ports["worker-bulk"]),
+                "WORKER_WEB_PORT": None,
+            },
         ),
         start(
             "worker-status",
@@ -271,9 +282,18 @@ def main() -> None:
             log_dir,
             # Status, batches, receipts, status webhooks: every status event, apart from
             # the transactional lane (streams/parts.py).
-            {"WORKER_LANE": "status", "METRICS_PORT": None, "WORKER_WEB_PORT": None},
+            {
+                "WORKER_LANE": "status",
+                "METRICS_PORT": str(ports["worker-status"]),
+                "WORKER_WEB_PORT": None,
+            },
         ),
-        start("sink", [python, "-m", "connectors.postgres_sink"], log_dir),
+        start(
+            "sink",
+            [python, "-m", "connectors.postgres_sink"],
+            log_dir,
+            {"METRICS_PORT": str(ports["sink"])},
+        ),
         start(
             "shim",
             [

@@ -7,10 +7,34 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from streams.parts import runs_stage_feeders, runs_status_flows, served_lanes
 from streams.provision import provision
-from streams.settings import get_settings
+from streams.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import faust
+
+
+def serve_health(app: faust.App, settings: Settings) -> None:
+    """/metrics, /health and /ready on METRICS_PORT (streams/health.py). The loop is the one
+    Faust's worker will run (mode's get_event_loop, as mode.Service.loop uses)."""
+    from mode.utils.loops import get_event_loop
+
+    from streams.health import Health, LoopResponds, serve
+
+    def group() -> str | None:
+        if app.rebalancing_count == 0:
+            return "not yet joined its consumer group"
+        return "rebalancing (recovering its tables)" if app.rebalancing else None
+
+    health = Health(
+        LoopResponds(get_event_loop()).alive,
+        stall_seconds=settings.health_stall_seconds,
+        checks={"group": group},
+    )
+    serve(health, settings.metrics_port or 0, settings.metrics_host)
 
 
 def main() -> None:
@@ -22,10 +46,6 @@ def main() -> None:
             + "\ncreate them with: python -m streams.provision"
         )
     settings = get_settings()
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
 
     # Importing a module registers its agents (and declares its tables), so a worker
     # imports only the modules of the parts it runs (streams/parts.py).
@@ -41,6 +61,9 @@ def main() -> None:
         # transactional notification took up to 1.4 s; with the bulk worker niced, under 1 s.
         os.nice(settings.bulk_worker_niceness)
     from streams.app import app
+
+    if settings.metrics_port:
+        serve_health(app, settings)
 
     # Faust's CLI starts its web server on 0.0.0.0:6066 unless told otherwise, whatever
     # the app's configuration says: loopback on WORKER_WEB_PORT, or not at all.

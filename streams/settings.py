@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     bulk_worker_niceness: int = 10
     # Faust's own web server (its /metrics-free status pages); off unless a port is given.
     worker_web_port: int | None = None
+    # /metrics, /health and /ready of a worker or the sink (streams/health.py); off unless
+    # a port is given. METRICS_HOST 0.0.0.0 where probes come from outside (Kubernetes).
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    # /health answers 503 once the process's loop has not turned for this long.
+    health_stall_seconds: float = 30.0
     # How long the group waits for a silent (crashed) worker before giving its partitions to
     # another: the pause a crash causes. Faust's 60 s default is long for notifications.
     worker_session_timeout_seconds: float = 10.0

@@ -8,9 +8,8 @@ import signal
 import threading
 from types import FrameType
 
-from prometheus_client import start_http_server
-
 from connectors.postgres_sink.runner import SinkRunner
+from streams.health import Health, serve
 from streams.settings import get_settings
 
 
@@ -20,14 +19,25 @@ def main(argv: list[str] | None = None) -> int:
         description="Write notifications.status, notifications.inbox and webhooks.delivery-log "
         "to DATABASE_URL.",
     )
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /health and /ready on this port (default: METRICS_PORT)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    if args.metrics_port:
-        start_http_server(args.metrics_port)
+    runner = SinkRunner(settings)
+    port = args.metrics_port or settings.metrics_port
+    if port:
+        health = Health(
+            runner.heartbeat.alive,
+            stall_seconds=settings.health_stall_seconds,
+            checks=runner.checks(),
+        )
+        serve(health, port, settings.metrics_host)
 
     stop = threading.Event()
 
@@ -37,5 +47,5 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    SinkRunner(settings).run(stop)
+    runner.run(stop)
     return 0

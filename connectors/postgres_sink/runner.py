@@ -31,6 +31,7 @@ from connectors.postgres_sink.writer import Batch, Record, write_batch
 from connectors.read_model import create_tables, make_engine
 from schemas import Codec, DecodeError, RegistryUnavailableError, SchemaCatalog, build_codec
 from streams.catalog import TopicCatalog
+from streams.health import Check, Heartbeat
 from streams.kafka_clients import consumer_config
 from streams.lifecycle import rank
 from streams.settings import Settings
@@ -73,6 +74,15 @@ class SinkRunner:
         self._engine = engine
         self._codec = codec
         self.assigned = threading.Event()  # set once the group has given us partitions
+        self.heartbeat = Heartbeat()  # each turn of the consume loop (liveness)
+        self.write_failure: str | None = None  # why the last database write failed, if it did
+
+    def checks(self) -> dict[str, Check]:
+        """Readiness (streams/health.py): partitions assigned, database writes succeeding."""
+        return {
+            "partitions": lambda: None if self.assigned.is_set() else "no partitions yet",
+            "database": lambda: self.write_failure,
+        }
 
     def run(self, stop: threading.Event) -> None:
         engine = self._engine or make_engine(self.settings.database_url)
@@ -92,6 +102,7 @@ class SinkRunner:
         )
         try:
             while not stop.is_set():
+                self.heartbeat.beat()
                 messages = consumer.consume(
                     num_messages=self.settings.sink_batch_size,
                     timeout=self.settings.sink_flush_seconds,
@@ -183,6 +194,7 @@ class SinkRunner:
                 self._write_one_by_one(engine, batch)
                 return True
             except Exception as exc:
+                self.write_failure = f"writes fail ({type(exc).__name__}); retrying"
                 metrics.WRITE_FAILURES.inc()
                 log.error(
                     "writing a batch of %d failed, retrying in %.1fs: %s",
@@ -190,10 +202,13 @@ class SinkRunner:
                     backoff,
                     exc,
                 )
+                self.heartbeat.beat()
                 if stop.wait(backoff):
                     return False
+                self.heartbeat.beat()
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
                 continue
+            self.write_failure = None
             metrics.BATCH_SECONDS.observe(time.monotonic() - started)
             return True
 

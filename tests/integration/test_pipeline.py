@@ -440,6 +440,28 @@ def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
         assert line in text, line
 
 
+def test_worker_and_sink_answer_health_and_readiness(pipeline: Pipeline) -> None:
+    """Issue 19, item 7: probes on the processes that had none. A running worker has joined
+    its group and recovered its tables; the sink has partitions and writes."""
+
+    def probe(port: int, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+
+    for port in (pipeline.metrics_port, pipeline.sink_metrics_port):
+        wait_until(lambda port=port: probe(port, "/ready").status_code == 200, 60, "ready")
+        live = probe(port, "/health")
+        assert live.status_code == 200 and live.json()["status"] == "ok", live.text
+        ready = probe(port, "/ready").json()
+        assert ready["status"] == "ready" and set(ready["checks"].values()) == {"ok"}, ready
+        assert "# HELP" in probe(port, "/metrics").text
+    assert set(probe(pipeline.sink_metrics_port, "/ready").json()["checks"]) == {
+        "loop",
+        "partitions",
+        "database",
+    }
+    assert "group" in probe(pipeline.metrics_port, "/ready").json()["checks"]
+
+
 def test_messages_the_provider_cannot_take_fail_alone_and_trip_no_shared_breaker(
     pipeline: Pipeline, smtp: SmtpCapture
 ) -> None:

@@ -96,7 +96,8 @@ class Pipeline:
         self.schemas = SchemaCatalog.load()
         self.codec = build_codec(schema_registry_url, self.schemas)
         self.web_port = free_port()
-        self.metrics_port = free_port()
+        self.metrics_port = free_port()  # the (transactional) worker's
+        self.sink_metrics_port = free_port()
         self.shim_port = free_port()
         self.env = {
             **os.environ,
@@ -148,7 +149,10 @@ class Pipeline:
                 "status-worker", argv, part("status", "METRICS_PORT"), log_dir
             )
         self.sink = Process(
-            "sink", [sys.executable, "-m", "connectors.postgres_sink"], self.env, log_dir
+            "sink",
+            [sys.executable, "-m", "connectors.postgres_sink"],
+            {**self.env, "METRICS_PORT": str(self.sink_metrics_port)},
+            log_dir,
         )
         self.shim = Process(
             "shim",
