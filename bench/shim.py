@@ -161,15 +161,17 @@ def over_http(
     return Result(name, count, time.perf_counter() - started, latencies)
 
 
-def _wait_ready(url: str, timeout: float = 60) -> None:
+def _wait_ready(url: str, timeout: float = 60, in_a_row: int = 1) -> None:
     deadline = time.monotonic() + timeout
+    ready = 0
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
+            ready = ready + 1 if httpx.get(f"{url}/ready", timeout=2).status_code == 200 else 0
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+            ready = 0
+        if ready >= in_a_row:
+            return
+        time.sleep(0.2 if ready == 0 else 0.02)
     raise SystemExit(f"the shim at {url} did not become ready within {timeout:g}s")
 
 
@@ -179,12 +181,47 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _shim_runs(
+    env: dict[str, str], workers: int, profiler: list[str], args: argparse.Namespace
+) -> list[Result]:
+    """Start the shim with `workers` uvicorn processes, measure without and with a key."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--port", str(port)]
+    argv += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    shim = subprocess.Popen([*profiler, *argv], cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    label = f"{workers} shim worker{'s' if workers > 1 else ''}"
+    try:
+        # Each worker process follows its views on its own: a run of answers from whichever
+        # process the kernel hands the connection to.
+        _wait_ready(url, in_a_row=10 * workers)
+        # A short warm-up (connections, metadata) before measuring.
+        over_http(url, 50 * workers, 8 * workers, idempotent=False, name="warm-up", clients=1)
+        return [
+            over_http(
+                url,
+                args.count,
+                args.concurrency,
+                idempotent=idempotent,
+                name=f"POST, {'Idempotency-Key' if idempotent else 'no key'}, {label}",
+                clients=args.clients,
+            )
+            for idempotent in (False, True)
+        ]
+    finally:
+        shim.terminate()
+        shim.wait(20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--clients", type=int, default=1, help="HTTP client processes")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument(
+        "--shim-workers", type=int, nargs="+", default=[1], help="uvicorn worker processes"
+    )
     args = parser.parse_args()
 
     settings = Settings(
@@ -197,7 +234,6 @@ def main() -> None:
         shim_rate_limit_per_key=1e9,
     )
     provision(settings)
-    port = _free_port()
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -208,51 +244,15 @@ def main() -> None:
         "SHIM_RATE_LIMIT_PER_KEY": str(settings.shim_rate_limit_per_key),
         "LOG_LEVEL": "WARNING",
     }
-    shim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api_shim.app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=REPO,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url)
-        # A short warm-up (connections, metadata) before measuring.
-        over_http(url, 50, 8, idempotent=False, name="warm-up", clients=1)
-        results = [
-            asyncio.run(baseline(settings, args.count, args.concurrency)),
-            over_http(
-                url,
-                args.count,
-                args.concurrency,
-                idempotent=False,
-                name="POST, no key",
-                clients=args.clients,
-            ),
-            over_http(
-                url,
-                args.count,
-                args.concurrency,
-                idempotent=True,
-                name="POST, Idempotency-Key",
-                clients=args.clients,
-            ),
-        ]
-    finally:
-        shim.terminate()
-        shim.wait(10)
+    # e.g. SHIM_PROFILER="py-spy record -r 50 -o shim.svg --": the shim runs under it.
+    profiler = os.environ.get("SHIM_PROFILER", "").split()
+    results = [asyncio.run(baseline(settings, args.count, args.concurrency))]
+    for workers in args.shim_workers:
+        results += _shim_runs(env, workers, profiler, args)
     print(
         f"\nconcurrency {args.concurrency} from {args.clients} client processes; "
-        f"one shim process (uvicorn, 1 worker); {os.cpu_count()} CPUs shared by all"
+        f"shim as uvicorn with --workers {' / '.join(map(str, args.shim_workers))}; "
+        f"{os.cpu_count()} CPUs shared by all"
     )
     print(f"{'run':<34} {'count':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for result in results:

@@ -59,6 +59,11 @@ class Codec(Protocol):
 
     def decode(self, data: bytes, schema_name: str) -> dict[str, Any]: ...
 
+    def encodes_without_io(self, schema_name: str) -> bool:
+        """True when `encode` of this schema is CPU only (no registry round trip): an
+        asyncio caller may then run it inline instead of in a thread."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Writer:
@@ -83,6 +88,9 @@ class SingleObjectCodec:
         entry = self.catalog.entry(schema_name)
         validate_entry(entry, record)
         return _write(entry, record, SINGLE_OBJECT_MAGIC + entry.fingerprint)
+
+    def encodes_without_io(self, schema_name: str) -> bool:
+        return True
 
     def decode(self, data: bytes, schema_name: str) -> dict[str, Any]:
         reader = self.catalog.entry(schema_name)
@@ -109,6 +117,9 @@ class ConfluentCodec:
     def register_all(self) -> dict[str, int]:
         """Register every record schema now (at start-up), so no produce waits on the registry."""
         return {name: self.schema_id(name) for name in self.catalog.record_names()}
+
+    def encodes_without_io(self, schema_name: str) -> bool:
+        return self.catalog.entry(schema_name).full_name in self._ids
 
     def encode(self, schema_name: str, record: Mapping[str, Any]) -> bytes:
         entry = self.catalog.entry(schema_name)
