@@ -128,6 +128,20 @@ def partition_share(topic: str) -> float:
     return max(owned, 1) / partitions
 
 
+def lane_budget(lane: str) -> float:
+    """The part of every provider and tenant limit this process may spend on `lane`.
+
+    Buckets live in each process. A worker serving both lanes (WORKER_LANE=all) spends the
+    whole limit, the bulk lane leaving BULK_RESERVE_FRACTION of each bucket to transactional
+    traffic. When the lanes run in separate processes (make run, compose) each would spend
+    the whole limit and together exceed it 2x, so the limit is split: BULK_RATE_SHARE to the
+    bulk lane, the rest to the transactional lane, whether or not the other lane is busy.
+    """
+    if settings.worker_lane == "all":
+        return 1.0
+    return settings.bulk_rate_share if lane == "bulk" else 1.0 - settings.bulk_rate_share
+
+
 def tenant_rate(tenant_id: str) -> float | None:
     tenant = config_views.tenants.get(tenant_id) or {}
     configured = (tenant.get("settings") or {}).get("rate_limit_per_second")
@@ -164,14 +178,14 @@ async def handle(event: EventT) -> None:
         await emit_status(notification, "cancelled", stage=STAGE, headers=headers, reason=reason)
         metrics.processed(STAGE, "cancelled", notification["occurred_at"])
         return
-    share = partition_share(event.message.topic)
+    lane = lane_of(notification)
+    share = partition_share(event.message.topic) * lane_budget(lane)
     wait = limits.take(f"tenant:{tenant_id}", tenant_rate(tenant_id), share=share)
     if wait > 0:
         await park(notification, wait, key=event.key, headers=headers)
         metrics.processed(STAGE, "tenant_rate_limited", notification["occurred_at"])
         return
 
-    lane = lane_of(notification)
     attempts = await try_providers(
         pool.ordered_ids(notification, settings.default_providers),
         outbound(notification),
@@ -179,7 +193,11 @@ async def handle(event: EventT) -> None:
         breakers=breakers,
         limits=limits,
         share=share,
-        reserve_fraction=settings.bulk_reserve_fraction if lane == "bulk" else 0.0,
+        reserve_fraction=(
+            settings.bulk_reserve_fraction
+            if lane == "bulk" and settings.worker_lane == "all"
+            else 0.0
+        ),
     )
     result = attempts.result
     if result is not None and result.ok:

@@ -83,8 +83,12 @@ class Settings(BaseSettings):
     # Per-tenant delivery rate (messages/s, all channels) unless the tenant's settings say
     # `rate_limit_per_second`; unset: unlimited. Provider limits come from their configs.
     tenant_rate_limit_per_second: float | None = None
-    # Share of each provider bucket the bulk lane leaves for transactional traffic.
+    # One worker serving both lanes: share of each provider bucket the bulk lane leaves for
+    # transactional traffic.
     bulk_reserve_fraction: float = 0.2
+    # Lanes in separate processes: share of each provider and tenant limit the bulk lane's
+    # processes spend (the transactional lane's spend the rest), so together they keep it.
+    bulk_rate_share: float = Field(default=0.5, gt=0.0, lt=1.0)
     # Private/loopback targets for every tenant-configured connector, status webhooks and the
     # shim's provider check (the SSRF guard, connectors/egress.py, off): tests and dev only.
     webhook_allow_private_targets: bool = False
