@@ -10,7 +10,8 @@ Three runs in one process, against the local broker, each writing `count` reques
   deployed): auth, rate limits, validation, Avro, produce;
 - the same with an Idempotency-Key on every request (one more acknowledged write each).
 
-Prints requests/s and latency percentiles (call to answer) side by side.
+Prints requests/s, its ratio to the baseline and latency percentiles (call to answer) side
+by side.
 """
 
 from __future__ import annotations
@@ -53,11 +54,15 @@ class Result:
     seconds: float
     latencies_ms: list[float]
 
-    def row(self) -> str:
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def row(self, baseline: Result) -> str:
         q = statistics.quantiles(self.latencies_ms, n=100)
         return (
-            f"{self.name:<34} {self.count:>6} {self.count / self.seconds:>9.0f} "
-            f"{q[49]:>8.1f} {q[94]:>8.1f} {q[98]:>8.1f}"
+            f"{self.name:<40} {self.count:>6} {self.rate:>9.0f} "
+            f"{self.rate / baseline.rate:>8.1%} {q[49]:>8.1f} {q[94]:>8.1f} {q[98]:>8.1f}"
         )
 
 
@@ -254,9 +259,12 @@ def main() -> None:
         f"shim as uvicorn with --workers {' / '.join(map(str, args.shim_workers))}; "
         f"{os.cpu_count()} CPUs shared by all"
     )
-    print(f"{'run':<34} {'count':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'run':<40} {'count':>6} {'req/s':>9} {'of base':>8} "
+        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    )
     for result in results:
-        print(result.row())
+        print(result.row(results[0]))
 
 
 if __name__ == "__main__":
