@@ -3,10 +3,18 @@
 deliver -> notifications.retry.<tier> -> (at not_before) -> notifications.deliver.<channel>[.bulk]
 
 A notification goes to the tier whose span holds its wait: `short` (< 10 s), `medium`
-(< 2 min), `long`. Each tier's agent waits for the head of each partition's queue, then
-forwards it to its delivery topic. Waits within a tier are of the same order, so a message
-is held behind another by at most about the tier's span: the reason for tiers rather than
-one topic. Rate-limited notifications wait here too, for a token, with no attempt counted.
+(< 2 min), `long` (< 10 min), `longest`. Each tier's agent waits for the head of each
+partition's queue, then forwards it to its delivery topic. Waits within a tier are of the
+same order, so a message is held behind another by at most its tier's upper bound (10 s,
+2 min, 10 min; 30 min, WEBHOOK_BACKOFF_MAX_SECONDS, in `longest`): the reason for tiers
+rather than one topic. Before `longest`, a webhook endpoint's 30-minute retry held every 2-
+minute retry of its partition, of every tenant, for up to 28 minutes. Rate-limited
+notifications wait here too, for a token, with no attempt counted.
+
+A rebalance waits for every message an agent is processing (Faust's wait_empty), and a
+waiting head is one: it used to hold the group's rebalance for up to its whole wait. Now,
+when the worker stops taking messages for a rebalance, the waiting head is parked again on
+its own tier topic (same key, so the same partition, for its next owner) and acknowledged.
 """
 
 from __future__ import annotations
@@ -25,7 +33,14 @@ from streams.lanes import delivery_topic, lane_of
 from streams.parts import runs_stage_feeders
 
 STAGE = "retry"
-TIERS: tuple[tuple[str, float], ...] = (("short", 10.0), ("medium", 120.0), ("long", float("inf")))
+TIERS: tuple[tuple[str, float], ...] = (
+    ("short", 10.0),
+    ("medium", 120.0),
+    ("long", 600.0),
+    ("longest", float("inf")),
+)
+# How often a waiting head checks whether the worker is handing its partitions over.
+HANDOVER_POLL_SECONDS = 0.5
 
 
 def tier_for(wait_seconds: float) -> str:
@@ -52,33 +67,53 @@ async def park(
     return due
 
 
-async def until_due(record: dict[str, Any]) -> None:
-    """Waits for the record's `not_before`. Holding the partition is the point: everything
-    behind it in this tier is due no earlier (± the tier's span)."""
-    wait_ms = (record.get("not_before") or 0) - now_ms()
-    if wait_ms > 0:
-        await asyncio.sleep(wait_ms / 1000)
+async def until_due(record: dict[str, Any]) -> bool:
+    """Waits for the record's `not_before` (True), or until the worker stops taking messages
+    for a rebalance (False: the caller parks the record again). Holding the partition is the
+    point: everything behind it in this tier is due no earlier (± the tier's span)."""
+    while (wait_ms := (record.get("not_before") or 0) - now_ms()) > 0:
+        if not app.flow_control.is_active():
+            return False
+        await asyncio.sleep(min(wait_ms / 1000, HANDOVER_POLL_SECONDS))
+    return True
+
+
+async def hand_over(source: str, event: EventT, record: dict[str, Any], stage: str) -> None:
+    """Parks a record that is not due yet back on its tier topic for the partition's next
+    owner; acknowledging it then lets the rebalance go on. A crash between the two leaves
+    both copies: the deliver stage's `delivered` table keeps the send single."""
+    await topics.sink(source).send(key=event.key, value=record, headers=outgoing_headers(event))
+    metrics.processed(stage, "handed_over")
 
 
 def register_release_agent(
-    source: str, name: str, stage: str, release: Callable[[EventT], Awaitable[None]]
+    source: str,
+    name: str,
+    stage: str,
+    release: Callable[[EventT, str], Awaitable[None]],
 ) -> None:
-    """One agent per retry tier topic, one event at a time (in order, per partition)."""
+    """One agent per retry tier topic, one event at a time (in order, per partition).
+    `release(event, source)` forwards the event when due, or hands it over."""
+
+    async def handle(event: EventT) -> None:
+        await release(event, source)
 
     async def run(stream: StreamT) -> None:
         async for event in stream.events():
-            await guarded(stage, event, release)
+            await guarded(stage, event, handle)
             await asyncio.sleep(0)  # see streams/lane_agents.py
 
     run.__name__ = run.__qualname__ = name.replace("-", "_")
     app.agent(topics.source(source), name=name, concurrency=1)(run)
 
 
-async def release(event: EventT) -> None:
+async def release(event: EventT, source: str) -> None:
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
-    await until_due(notification)
+    if not await until_due(notification):
+        await hand_over(source, event, notification, STAGE)
+        return
     target = delivery_topic(notification["channel"], lane_of(notification))
     await topics.sink(target).send(
         key=event.key, value=notification, headers=outgoing_headers(event)

@@ -3,8 +3,8 @@
 deliver -> webhooks.retry.<tier> -> (at not_before) -> webhooks.outgoing
 
 A failed attempt is never waited for in the delivery agent: the job is parked on the tier
-whose span holds its wait (short < 10 s, medium < 2 min, long), with the same exponential
-backoff and jitter as notifications (`streams.retry.backoff_seconds`, at least the
+whose span holds its wait (short < 10 s, medium < 2 min, long < 10 min, longest), with the
+same exponential backoff and jitter as notifications (`streams.retry.backoff_seconds`, at least the
 receiver's Retry-After). Each tier's agent waits for the head of each partition, then sends
 it back to webhooks.outgoing: within a tier waits are of the same order, so a job is held
 behind another by about the tier's span at most, and never behind fresh deliveries.
@@ -20,7 +20,14 @@ from faust.types import EventT
 from streams import metrics
 from streams.app import topics
 from streams.events import decode_or_dead_letter, outgoing_headers
-from streams.retry import TIERS, backoff_seconds, register_release_agent, tier_for, until_due
+from streams.retry import (
+    TIERS,
+    backoff_seconds,
+    hand_over,
+    register_release_agent,
+    tier_for,
+    until_due,
+)
 from streams.webhook_rules import Answer, Outcome
 
 STAGE = "webhook-retry"
@@ -62,11 +69,13 @@ def next_step(
     return Next("retrying", retry, wait)
 
 
-async def release(event: EventT) -> None:
+async def release(event: EventT, source: str) -> None:
     job = await decode_or_dead_letter(event, "WebhookDelivery", STAGE)
     if job is None:
         return
-    await until_due(job)
+    if not await until_due(job):
+        await hand_over(source, event, job, STAGE)
+        return
     await topics.sink("webhooks.outgoing").send(
         key=event.key, value=job, headers=outgoing_headers(event)
     )

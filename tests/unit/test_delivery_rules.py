@@ -267,7 +267,17 @@ def test_backoff_waits_at_least_retry_after() -> None:
 
 @pytest.mark.parametrize(
     ("wait", "tier"),
-    [(0.5, "short"), (9.9, "short"), (10, "medium"), (119, "medium"), (600, "long")],
+    [
+        (0.5, "short"),
+        (9.9, "short"),
+        (10, "medium"),
+        (119, "medium"),
+        (180, "long"),
+        (599, "long"),
+        # Issue 19, item 5: 30-minute waits (the webhook cap) no longer hold 2-minute ones.
+        (600, "longest"),
+        (1800, "longest"),
+    ],
 )
 def test_retry_tiers(wait: float, tier: str) -> None:
     assert tier_for(wait) == tier
