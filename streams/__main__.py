@@ -22,7 +22,7 @@ def serve_health(app: faust.App, settings: Settings) -> None:
     Faust's worker will run (mode's get_event_loop, as mode.Service.loop uses)."""
     from mode.utils.loops import get_event_loop
 
-    from streams.health import Health, LoopResponds, serve
+    from streams.health import Health, LoopHeartbeat, serve
 
     def group() -> str | None:
         if app.rebalancing_count == 0:
@@ -30,7 +30,7 @@ def serve_health(app: faust.App, settings: Settings) -> None:
         return "rebalancing (recovering its tables)" if app.rebalancing else None
 
     health = Health(
-        LoopResponds(get_event_loop()).alive,
+        LoopHeartbeat(get_event_loop()).alive,
         stall_seconds=settings.health_stall_seconds,
         checks={"group": group},
     )

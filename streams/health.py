@@ -5,9 +5,9 @@ own that every part runs (Faust's web server is off in most parts), so this is o
 threaded HTTP server on METRICS_PORT, bound to loopback unless told otherwise.
 
 - `/health` (liveness): 200 while the process's work loop still runs: for a worker, its
-  asyncio loop runs a callback within HEALTH_STALL_SECONDS (a blocked loop stops heartbeats
-  and every agent, which is what a restart cures); for the sink, its consume loop has turned
-  within that time. 503 otherwise.
+  asyncio loop has beaten (a callback it reschedules) within HEALTH_STALL_SECONDS (a blocked
+  loop stops heartbeats and every agent, which is what a restart cures); for the sink, its
+  consume loop has turned within that time. 503 otherwise.
 - `/ready` (readiness): 200 when every named check passes (a worker has joined its group and
   recovered its tables; the sink has partitions and its database writes succeed), else 503
   with the failing checks named. Not live is never ready.
@@ -48,19 +48,20 @@ class Heartbeat:
         return None if silent <= within else f"no turn of the loop for {silent:.0f}s"
 
 
-class LoopResponds:
-    """Liveness of an asyncio loop, asked from another thread: does it run a callback in time?"""
+class LoopHeartbeat(Heartbeat):
+    """A Heartbeat an asyncio loop beats itself, every `every` seconds, from a callback it
+    reschedules: a blocked loop stops beating. A probe answers at once from the last beat,
+    instead of waiting (in a server thread) for the loop to run something."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, every: float = 1.0) -> None:
+        super().__init__()
+        self._loop = loop
+        self._every = every
+        loop.call_soon_threadsafe(self._tick)  # runs once the loop does
 
-    def alive(self, within: float) -> str | None:
-        ran = threading.Event()
-        try:
-            self.loop.call_soon_threadsafe(ran.set)
-        except RuntimeError:
-            return "the event loop is closed"
-        return None if ran.wait(within) else f"the event loop did not run a callback in {within:g}s"
+    def _tick(self) -> None:
+        self.beat()
+        self._loop.call_later(self._every, self._tick)
 
 
 class Health:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from streams.health import Health, Heartbeat, LoopResponds, serve
+from streams.health import Health, Heartbeat, LoopHeartbeat, serve
 from tests.support.ports import free_port
 
 
@@ -36,16 +36,16 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def test_a_blocked_event_loop_is_not_live_and_not_ready(loop: asyncio.AbstractEventLoop) -> None:
-    health = Health(LoopResponds(loop).alive, stall_seconds=0.3)
+    health = Health(LoopHeartbeat(loop, every=0.05).alive, stall_seconds=0.3)
     for url in served(health):
         assert httpx.get(f"{url}/health").json() == {"status": "ok", "checks": {"loop": "ok"}}
         assert httpx.get(f"{url}/ready").status_code == 200
         loop.call_soon_threadsafe(time.sleep, 1.5)  # a template bomb on the worker's loop
-        time.sleep(0.05)
+        time.sleep(0.5)
         stalled = httpx.get(f"{url}/health", timeout=5)
         assert stalled.status_code == 503 and stalled.json()["status"] == "stalled"
         assert httpx.get(f"{url}/ready", timeout=5).status_code == 503
-        time.sleep(1.5)
+        time.sleep(1.2)
         assert httpx.get(f"{url}/health").status_code == 200
 
 
