@@ -30,9 +30,11 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from streams import metrics
+from streams import config_views, metrics
+from streams import preferences as rules
 from streams.app import app, catalog, settings, table, topics
 from streams.digests import digest_notification, is_full, planned_flush, rule_problem, window_key
+from streams.enrich import preferences
 from streams.events import (
     Rejected,
     dead_letter,
@@ -44,7 +46,6 @@ from streams.events import (
 )
 from streams.ids import digest_id, expected_partition, recipient_key
 from streams.lanes import lane_of, lane_topic
-from streams.preferences import send_at_reason
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ async def reschedule(
         "deferred",
         stage=STAGE,
         headers=headers,
-        reason=f"rescheduled: {send_at_reason(release_at)}",
+        reason=f"rescheduled: {rules.send_at_reason(release_at)}",
         deferred_until=release_at,
     )
     metrics.processed(STAGE, "rescheduled", notification["occurred_at"])
@@ -338,7 +339,8 @@ async def flush(wkey: str, header: dict[str, Any], now: int, headers: dict[str, 
     items = [entry["notification"] for key in item_keys if (entry := digests.get(key))]
     if not items:
         log.warning("digest %s has no items left; closing it", did)
-    else:
+    items = await _drop_unwanted(items, headers)
+    if items:
         digest = digest_notification(header, items, now)
         key = recipient_key(digest["tenant_id"], digest["recipient"]["user_id"])
         await emit_status(digest, "accepted", stage=STAGE, headers=headers)
@@ -355,6 +357,34 @@ async def flush(wkey: str, header: dict[str, Any], now: int, headers: dict[str, 
     for key in item_keys:
         if key in digests:
             del digests[key]
+
+
+async def _drop_unwanted(
+    items: list[dict[str, Any]], headers: dict[str, bytes]
+) -> list[dict[str, Any]]:
+    """The items the recipient still wants, read against their preferences as they are now.
+
+    An item waited in its window for up to the rule's window: a recipient who turned off its
+    template, category or channel in the meantime must not get it in the digest. Each such
+    item ends `suppressed` with enrich's reason; the digest's own notification goes through
+    enrich again (channel, quiet hours, caps) like any other.
+    """
+    kept = []
+    if items:
+        await config_views.ensure_ready()
+    for item in items:
+        key = recipient_key(item["tenant_id"], item["recipient"]["user_id"])
+        tenant = config_views.tenants.get(item["tenant_id"])
+        prefs = rules.effective_preferences(preferences.get(key), tenant)
+        reason = rules.suppression_reason(
+            prefs, item["channel"], item.get("category"), item.get("template_id")
+        )
+        if reason is None:
+            kept.append(item)
+            continue
+        await emit_status(item, "suppressed", stage=STAGE, headers=headers, reason=reason)
+        metrics.processed(STAGE, "digest_item_suppressed", item["occurred_at"])
+    return kept
 
 
 # -- ticks ------------------------------------------------------------------------------------

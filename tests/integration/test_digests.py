@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import now_ms
+from tests.integration.test_preferences import preferences, wait_materialised
 from tests.integration.test_scheduling import (
     digest_messages,
     digest_rule,
@@ -175,3 +176,37 @@ def test_a_replayed_digest_command_is_collected_once(pipeline: Pipeline, smtp: S
 
     # Collected twice, A would fill the window alone and B would wait in the next one.
     assert_one_digest(pipeline, smtp, user, ids, "replay")
+
+
+def test_items_whose_template_the_recipient_turned_off_while_held_are_not_sent_in_a_digest(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Preferences are read again, item by item, when a window flushes (issue 19, item 6).
+
+    The digest's own notification has the rule's template, not the items': enrich checking
+    it cannot see that the recipient turned the items' template off while they waited.
+    Each item ends `suppressed` with enrich's reason, and no digest is sent.
+    """
+    user = "dtoggle"
+    put_digest_templates(pipeline, "toggle-item", digest_rule("toggle-digest", window_seconds=15))
+    time.sleep(1)
+    ids = [send_item(pipeline, user, "toggle-item", i, "t") for i in range(2)]
+    pipeline.flush()
+    pipeline.wait_for_status(ids, {"deferred"}, timeout=60)
+    flush_at = events(pipeline, ids[0], "deferred")[0]["deferred_until"]
+
+    pipeline.produce_record(
+        "users.preferences",
+        f"acme:{user}",
+        preferences("acme", user, templates={"toggle-item": {"enabled": False, "channels": {}}}),
+    )
+    wait_materialised(pipeline, "users.preferences")
+    assert now_ms() < flush_at, "the preferences arrived after the window flushed"
+
+    pipeline.wait_for_status(ids, {"suppressed"}, timeout=90)
+    for nid in ids:
+        [suppressed] = events(pipeline, nid, "suppressed")
+        assert suppressed["reason"] == "recipient disabled template toggle-item"
+        assert not events(pipeline, nid, "digested")
+    time.sleep(3)
+    assert not digest_messages(smtp, user)
