@@ -10,6 +10,11 @@
 
 Both validate before encoding, and decode by resolving the writer schema and reading it into the
 *current* reader schema with Avro schema resolution, so old data gains new fields' defaults.
+
+The writer uses the configured framing; the reader goes by the first bytes. A topic written
+before a registry was turned on (single-object) stays readable after it: ``ConfluentCodec``
+reads both. ``SingleObjectCodec`` cannot read Confluent framing (only the registry knows what
+a schema id means) and says so, naming ``SCHEMA_REGISTRY_URL``.
 """
 
 from __future__ import annotations
@@ -94,6 +99,12 @@ class SingleObjectCodec:
 
     def decode(self, data: bytes, schema_name: str) -> dict[str, Any]:
         reader = self.catalog.entry(schema_name)
+        if _starts_with(data, CONFLUENT_MAGIC) and len(data) >= _CF_HEADER:
+            schema_id = int.from_bytes(data[1:_CF_HEADER], "big")
+            raise CorruptMessageError(
+                f"Confluent framing (registry schema id {schema_id}): this process has no schema "
+                "registry to resolve it; set SCHEMA_REGISTRY_URL to read registry-framed messages"
+            )
         _check_header(data, SINGLE_OBJECT_MAGIC, _SO_HEADER, "single-object")
         writer = self.catalog.writer_for_fingerprint(bytes(data[2:_SO_HEADER]))
         return _read(data, _SO_HEADER, _Writer.of(writer), reader)
@@ -107,6 +118,8 @@ class ConfluentCodec:
         self.registry = registry_client
         self._ids: dict[str, int] = {}
         self._writers: dict[int, _Writer] = {}
+        # Messages written before the registry was turned on are single-object framed.
+        self._single_object = SingleObjectCodec(catalog)
 
     def schema_id(self, schema_name: str) -> int:
         """The registry id of the current schema, registering it on first use."""
@@ -130,6 +143,8 @@ class ConfluentCodec:
         return _write(entry, record, CONFLUENT_MAGIC + schema_id.to_bytes(4, "big"))
 
     def decode(self, data: bytes, schema_name: str) -> dict[str, Any]:
+        if _starts_with(data, SINGLE_OBJECT_MAGIC):
+            return self._single_object.decode(data, schema_name)
         reader = self.catalog.entry(schema_name)
         _check_header(data, CONFLUENT_MAGIC, _CF_HEADER, "Confluent")
         schema_id = int.from_bytes(data[1:_CF_HEADER], "big")
@@ -221,6 +236,10 @@ def build_codec(
 
 def _fingerprint(schema: Any) -> bytes:
     return bytes.fromhex(_fastavro_fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def _starts_with(data: Any, magic: bytes) -> bool:
+    return isinstance(data, bytes | bytearray | memoryview) and bytes(data[: len(magic)]) == magic
 
 
 def _check_header(data: bytes, magic: bytes, header: int, framing: str) -> None:

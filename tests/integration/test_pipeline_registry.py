@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from schemas import SchemaCatalog, build_codec
 from streams.ids import notification_id
 from tests.integration.test_pipeline import HEADERS, request_record, shim_body
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
@@ -61,3 +64,51 @@ def test_registry_framed_events_flow_end_to_end(
     for topic in ("notifications.requests", "notifications.rendered", "notifications.status"):
         values = [m.value() for m in pipe.read_topic(topic)]
         assert values and all(v[:1] == b"\x00" for v in values), topic
+
+
+def test_records_written_before_the_registry_was_turned_on_are_read_by_every_consumer(
+    registry_pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Issue 16, item 3: a deployment that turns the registry on keeps single-object records
+    in its topics. The request stage reads an old request, the status stage, the sink and
+    the shim's read model an old status event; nothing is dead-lettered."""
+    pipe = registry_pipeline
+    legacy = build_codec(None, SchemaCatalog.load())
+    request = request_record("legacy0")
+    pipe.produce(
+        "notifications.requests", "acme:legacy0", legacy.encode("NotificationRequest", request)
+    )
+    new_nid = notification_id(request["tenant_id"], request["request_id"], "legacy0", "email")
+    old_nid = f"legacy-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    old_status = {
+        "event_id": f"{old_nid}:sent",
+        "notification_id": old_nid,
+        "request_id": f"r-{old_nid}",
+        "tenant_id": "acme",
+        "channel": "email",
+        "recipient_id": "legacy1",
+        "status": "sent",
+        "stage": "deliver",
+        "request_occurred_at": now,
+        "occurred_at": now,
+    }
+    pipe.produce("notifications.status", old_nid, legacy.encode("StatusEvent", old_status))
+    pipe.flush()
+
+    pipe.wait_for_status([new_nid, old_nid], {"sent"})
+    assert len(smtp.by_notification_id()[new_nid]) == 1
+    with httpx.Client(base_url=pipe.shim_url, headers=HEADERS, timeout=10) as client:
+
+        def in_read_model() -> bool:
+            answers = [client.get(f"/api/v1/notifications/{nid}") for nid in (new_nid, old_nid)]
+            return all(a.status_code == 200 and a.json()["status"] == "sent" for a in answers)
+
+        wait_until(in_read_model, 60, "both notifications in the sink's read model")
+    state = pipe.worker_json(f"/notifications/{old_nid}/")
+    assert state["status"] == "sent", state
+    dead = [
+        pipe.codec.decode(m.value(), "DeadLetter")
+        for m in pipe.read_topic("notifications.dead-letter")
+    ]
+    assert not [d for d in dead if "legacy" in str(d)], dead
