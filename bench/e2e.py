@@ -26,8 +26,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from confluent_kafka import (  # noqa: E402
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E402
 
 from schemas import SchemaCatalog, build_codec  # noqa: E402
 from streams.catalog import TopicCatalog  # noqa: E402
@@ -51,6 +56,10 @@ class Result:
     count: int
     seconds: float
     latencies_ms: list[float]
+    # topic (without prefix) -> messages written during the run; and the topics the
+    # workers' consumer group read (committed offsets on)
+    written: dict[str, int] | None = None
+    consumed_topics: set[str] | None = None
 
     def row(self) -> str:
         q = statistics.quantiles(self.latencies_ms, n=100)
@@ -124,18 +133,71 @@ def run_pipeline(bootstrap: str, count: int, log_dir: Path, workers: int = 1) ->
         # Warm-up: one notification through, so worker start-up is not measured.
         _send(settings, topics, codec, 1, "warmup")
         _await_final(consumer, codec, 1, timeout=180, worker=worker)
+        before = _high_watermarks(bootstrap, settings.topic_prefix)
         started = time.monotonic()
         expected = _send(settings, topics, codec, count, "bench")
         latencies = _await_final(consumer, codec, count, timeout=600, ids=expected, worker=worker)
         seconds = time.monotonic() - started
+        time.sleep(2)  # changelog writes and commits trail the final status by a little
+        after = _high_watermarks(bootstrap, settings.topic_prefix)
         consumer.close()
+        written = {t: after[t] - before.get(t, 0) for t in after if after[t] > before.get(t, 0)}
         name = f"pipeline ({workers} worker{'s' if workers > 1 else ''})"
-        return Result(name, count, seconds, latencies)
+        result = Result(name, count, seconds, latencies, written)
+        result.consumed_topics = _group_topics(
+            bootstrap, settings.full_app_id, settings.topic_prefix
+        )
+        return result
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(60)
+
+
+def _high_watermarks(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Messages ever written to each topic of the run (summed over partitions), by logical name.
+
+    One ListOffsets request for every partition: the snapshot must be quick, or the timer's
+    scheduler ticks written while it runs would be counted against the notifications."""
+    admin = AdminClient(_kafka(bootstrap, {}))
+    metadata = admin.list_topics(timeout=10).topics
+    query = {
+        TopicPartition(name, partition): OffsetSpec.latest()
+        for name, meta in metadata.items()
+        if name.startswith(prefix)
+        for partition in meta.partitions
+    }
+    totals: dict[str, int] = {}
+    for tp, future in admin.list_offsets(query, request_timeout=30).items():
+        name = tp.topic.removeprefix(prefix)
+        totals[name] = totals.get(name, 0) + future.result().offset
+    return totals
+
+
+def _group_topics(bootstrap: str, group: str, prefix: str) -> set[str]:
+    """The topics the workers' consumer group has committed offsets on: what they consume."""
+    admin = AdminClient(_kafka(bootstrap, {}))
+    request = ConsumerGroupTopicPartitions(group)
+    [future] = admin.list_consumer_group_offsets([request]).values()
+    partitions = future.result(30).topic_partitions
+    return {tp.topic.removeprefix(prefix) for tp in partitions if tp.offset >= 0}
+
+
+def print_message_counts(result: Result) -> None:
+    """Per notification: messages written to each topic, and whether the workers read it."""
+    if not result.written:
+        return
+    consumed = result.consumed_topics or set()
+    print(f"\nmessages per notification, {result.name} (written; read by the workers?)")
+    writes = reads = 0.0
+    for topic, n in sorted(result.written.items(), key=lambda item: -item[1]):
+        per = n / result.count
+        read = topic in consumed
+        writes += per
+        reads += per if read else 0.0
+        print(f"  {topic:<48} {per:>6.2f}  {'read' if read else '-'}")
+    print(f"  {'total':<48} {writes:>6.2f} written, {reads:.2f} read by the workers")
 
 
 def _send(
@@ -297,6 +359,8 @@ def main() -> None:
     print(f"\n{'':<28} {'count':>7} {'msg/s':>10} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
     for result in (baseline, *pipelines):
         print(result.row())
+    for result in pipelines[:1]:
+        print_message_counts(result)
     print(
         f"\n{os.cpu_count()} cores; latency: request occurred_at -> final status event "
         f"(pipeline) / -> arrival after the last hop (baseline)"
