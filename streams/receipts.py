@@ -21,7 +21,7 @@ from streams.events import Rejected, dead_letter, decode_or_dead_letter, guarded
 from streams.events import outgoing_headers as child_headers
 from streams.expiry import Sweeper
 from streams.ids import status_event_id
-from streams.status import notification_state
+from streams.status import state_of
 
 STAGE = "receipt"
 RECEIPT_STATUSES = frozenset({"delivered", "bounced", "failed", "read"})
@@ -38,7 +38,7 @@ async def handle(event: EventT) -> None:
     if receipt is None:
         return
     nid = receipt["notification_id"]
-    state = notification_state.get(nid)
+    state = state_of(nid)
     problem = None
     if receipt["status"] not in RECEIPT_STATUSES:
         problem = f"a receipt cannot say {receipt['status']!r}"
