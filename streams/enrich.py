@@ -1,6 +1,6 @@
 """Stage 2, enrich: decide whether, when and where a notification goes.
 
-notifications.accepted -> notifications.enriched (or a status, a deferral, a digest)
+notifications.accepted -> render -> route, in this consumer (or a status, a deferral, a digest)
 users.profiles, users.preferences (compacted) -> the `profiles` and `preferences` tables.
 All are keyed tenant_id:user_id with equal partition counts, so the join is local; the
 `frequency` table (recent sends per cap) is keyed the same way and written only here.
@@ -17,7 +17,7 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from streams import config_views, frequency, metrics, templates
+from streams import config_views, frequency, metrics, templates, tracing
 from streams import preferences as rules
 from streams.app import app, settings, table, topics
 from streams.deferral import collect_into_digest, defer
@@ -31,7 +31,7 @@ from streams.events import (
 )
 from streams.ids import expected_partition
 from streams.lane_agents import lane_agents
-from streams.lanes import lane_of, lane_topic
+from streams.render import render_step
 from streams.user_service import UserServiceClient
 
 log = logging.getLogger(__name__)
@@ -262,9 +262,9 @@ async def handle(event: EventT) -> None:
         # No await between this read and write: only this agent writes the table.
         windows = frequency_windows.get(key)
         frequency_windows[key] = frequency.record(windows, caps, nid, channel, category, now)
-    target = lane_topic("notifications.enriched", lane_of(notification))
-    await topics.sink(target).send(key=key, value=enriched, headers=headers)
     metrics.processed(STAGE, "enriched", notification["occurred_at"])
+    # Render and route are the next steps of this consumer (streams/render.py says why).
+    await render_step(enriched, key, tracing.child_headers(headers))
 
 
 lane_agents("notifications.accepted", STAGE, handle)

@@ -1,11 +1,16 @@
 """Stage 3, render: Jinja2 in a sandbox; inline content or a template from the templates topic.
 
-notifications.enriched -> notifications.rendered
+(enrich, in the same consumer) -> render -> route (streams.route.route_step)
 Templates come from streams.config_views (the templates topic, replicated on every worker);
 choosing a version, locale and channel variant and checking declared variables is
 streams.templates.
 Status: rendered | failed (template missing, a declared variable missing, a broken template,
 a template over its limits (streams.template_limits): not retriable, with the reason).
+
+Render and route run as steps of the enrich consumer (`render_step`): the three share the
+recipient key and so the partition, and the two topic hops between them were a fifth of
+the messages a notification cost. The agent on notifications.enriched[.bulk] stays for
+records written there before, or by a replay.
 """
 
 from __future__ import annotations
@@ -17,15 +22,14 @@ from typing import Any
 
 from faust.types import EventT
 
-from streams import config_views, metrics, templates
-from streams.app import topics
+from streams import config_views, metrics, templates, tracing
 from streams.events import (
     decode_or_dead_letter,
     emit_status,
     outgoing_headers,
 )
 from streams.lane_agents import lane_agents
-from streams.lanes import lane_of, lane_topic
+from streams.route import route_step
 
 STAGE = "render"
 
@@ -127,10 +131,14 @@ def render(notification: dict[str, Any]) -> dict[str, Any]:
 
 
 async def handle(event: EventT) -> None:
-    headers = outgoing_headers(event)
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
+    await render_step(notification, event.key, outgoing_headers(event))
+
+
+async def render_step(notification: dict[str, Any], key: Any, headers: dict[str, bytes]) -> None:
+    """Render, then route (same consumer, no topic in between)."""
     try:
         rendered = await render_off_loop(notification)
     except RenderError as exc:
@@ -138,9 +146,8 @@ async def handle(event: EventT) -> None:
         metrics.processed(STAGE, "failed", notification["occurred_at"])
         return
     await emit_status(rendered, "rendered", stage=STAGE, headers=headers)
-    target = lane_topic("notifications.rendered", lane_of(notification))
-    await topics.sink(target).send(key=event.key, value=rendered, headers=headers)
     metrics.processed(STAGE, "rendered", notification["occurred_at"])
+    await route_step(rendered, key, tracing.child_headers(headers))
 
 
 lane_agents("notifications.enriched", STAGE, handle, needs_views=True)

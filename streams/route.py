@@ -1,10 +1,16 @@
 """Stage 4, route: publish each notification to its channel's delivery topic, in its lane.
 
-notifications.rendered[.bulk] -> notifications.deliver.<channel>[.bulk]
+(render, in the same consumer) -> notifications.deliver.<channel>[.bulk]
 Status: queued | failed (no delivery topic for the channel: not retriable).
+
+Route runs as a step of the enrich consumer (`route_step`, called by render): same key,
+same partition, so a topic hop in between only cost messages. The agent on
+notifications.rendered[.bulk] stays for records written there before, or by a replay.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from faust.types import EventT
 
@@ -28,10 +34,13 @@ def target_topic(channel: str, lane: Lane) -> str | None:
 
 
 async def handle(event: EventT) -> None:
-    headers = outgoing_headers(event)
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
+    await route_step(notification, event.key, outgoing_headers(event))
+
+
+async def route_step(notification: dict[str, Any], key: Any, headers: dict[str, bytes]) -> None:
     target = target_topic(notification["channel"], lane_of(notification))
     if target is None:
         await emit_status(
@@ -44,7 +53,7 @@ async def handle(event: EventT) -> None:
         metrics.processed(STAGE, "unroutable", notification["occurred_at"])
         return
     await emit_status(notification, "queued", stage=STAGE, headers=headers)
-    await topics.sink(target).send(key=event.key, value=notification, headers=headers)
+    await topics.sink(target).send(key=key, value=notification, headers=headers)
     metrics.processed(STAGE, "queued", notification["occurred_at"])
 
 

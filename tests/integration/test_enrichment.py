@@ -64,14 +64,17 @@ def send(pipeline: Pipeline, user: str, email: str | None) -> str:
 
 
 def enriched(pipeline: Pipeline, nid: str) -> dict[str, Any]:
+    """The notification as enrich passed it on (render and route add to it, never change
+    the enrichment), read from its delivery topic."""
+
     def find() -> dict[str, Any] | None:
-        for message in pipeline.read_topic("notifications.enriched"):
+        for message in pipeline.read_topic("notifications.deliver.email"):
             value = pipeline.codec.decode(message.value(), "Notification")
             if value["notification_id"] == nid:
                 return value
         return None
 
-    found: dict[str, Any] = wait_until(find, 30, f"{nid} on notifications.enriched")
+    found: dict[str, Any] = wait_until(find, 30, f"{nid} on notifications.deliver.email")
     return found
 
 

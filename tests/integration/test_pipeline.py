@@ -340,7 +340,7 @@ def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
                 found.append(headers["traceparent"].decode())
         return found
 
-    for topic in ("notifications.accepted", "notifications.rendered", "notifications.status"):
+    for topic in ("notifications.accepted", "notifications.deliver.email", "notifications.status"):
         parents = traceparents(topic)
         assert parents, topic
         assert all(p.split("-")[1] == trace_id for p in parents), (topic, parents)

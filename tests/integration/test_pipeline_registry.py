@@ -61,7 +61,7 @@ def test_registry_framed_events_flow_end_to_end(
     received = smtp.by_notification_id()
     assert all(len(received[nid]) == 1 for nid in ids)
     # Every hop carried Confluent framing: magic byte 0 and a registry schema id.
-    for topic in ("notifications.requests", "notifications.rendered", "notifications.status"):
+    for topic in ("notifications.requests", "notifications.deliver.email", "notifications.status"):
         values = [m.value() for m in pipe.read_topic(topic)]
         assert values and all(v[:1] == b"\x00" for v in values), topic
 

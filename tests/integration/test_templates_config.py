@@ -140,12 +140,13 @@ def subject_once_config_arrived(
 
 
 def rendered(pipeline: Pipeline, nid: str) -> dict[str, Any]:
-    """The notification as the render stage wrote it (version and locale stamped)."""
-    for message in pipeline.read_topic("notifications.rendered"):
+    """The notification as the render stage passed it on (version and locale stamped), read
+    from its delivery topic (route adds nothing)."""
+    for message in pipeline.read_topic("notifications.deliver.email"):
         record = pipeline.codec.decode(message.value(), "Notification")
         if record["notification_id"] == nid:
             return record
-    raise AssertionError(f"{nid} is not on notifications.rendered")
+    raise AssertionError(f"{nid} is not on notifications.deliver.email")
 
 
 def test_a_seeded_template_renders_subject_text_and_html(
