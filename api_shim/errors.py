@@ -158,10 +158,12 @@ _HTTP_ERRORS = {
 
 
 async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (unknown path, wrong method, body over the limit) in our shape."""
+    """Starlette's own errors (unknown path, wrong method, body over the limit) in our shape,
+    with their headers: a 405 says which methods the path allows (`Allow`, RFC 9110 15.5.6)."""
     assert isinstance(exc, StarletteHTTPException)
     error = _HTTP_ERRORS.get(exc.status_code, "error")
-    return error_response(exc.status_code, ErrorBody(error=error, message=str(exc.detail)))
+    body = ErrorBody(error=error, message=str(exc.detail))
+    return error_response(exc.status_code, body, **dict(exc.headers or {}))
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -177,7 +179,39 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, ErrorBody(error="internal_error", message="internal error"))
 
 
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _one_error_model(app: FastAPI) -> None:
+    """FastAPI documents a 422 of its own shape (`HTTPValidationError`: loc/msg/type) on every
+    route that takes input; the shim answers `ErrorBody` (`_on_validation_error`). Rewrite
+    those entries once, when the schema is first built, so the document says what is sent."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                answer = (operation.get("responses") or {}).get("422")
+                if not answer:
+                    continue
+                content = answer.get("content", {}).get("application/json", {})
+                if content.get("schema", {}).get("$ref") == _FASTAPI_422:
+                    content["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+                    answer["description"] = responses(422)[422]["description"]
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    _one_error_model(app)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -451,9 +451,10 @@ def test_malformed_json_and_invalid_fields_are_422_naming_the_field(client: Test
 
 def test_unknown_path_and_wrong_method_answer_in_the_error_shape(client: TestClient) -> None:
     assert_error(client.get("/api/v1/nowhere", headers=BOOTSTRAP_A), 404, "not_found")
-    assert_error(
-        client.put("/api/v1/notifications", headers=BOOTSTRAP_A), 405, "method_not_allowed"
-    )
+    wrong_method = client.put("/api/v1/notifications", headers=BOOTSTRAP_A)
+    assert_error(wrong_method, 405, "method_not_allowed")
+    # RFC 9110: a 405 names the methods the resource allows.
+    assert wrong_method.headers["Allow"] == "POST"
 
 
 # -- Idempotency-Key ---------------------------------------------------------------------------
