@@ -150,12 +150,18 @@ async def _stop(
 
 
 async def handle(event: EventT) -> None:
-    headers = outgoing_headers(event)
     notification = await decode_or_dead_letter(event, "Notification", STAGE)
     if notification is None:
         return
+    await enrich_step(notification, str(event.key), outgoing_headers(event))
+
+
+async def enrich_step(notification: dict[str, Any], key: str, headers: dict[str, bytes]) -> None:
+    """Decide whether, when and where; then render and route, in this consumer.
+
+    Called by this stage's agent, and by the request stage for a notification whose key is
+    in the partition of the request it came from (the tables here are that partition's)."""
     await config_views.ensure_ready()
-    key = str(event.key)
     tenant_id, channel = notification["tenant_id"], notification["channel"]
 
     reason: str | None

@@ -2,6 +2,11 @@
 
 notifications.requests (NotificationRequest) -> notifications.accepted (Notification)
 Status: accepted | duplicate | failed (invalid request).
+
+A notification whose key (tenant:recipient) falls in the request's own partition, as the
+first recipient's does when requests are keyed by it (the shim, the docs), goes straight to
+enrich in this consumer (`enrich_step`): topics with equal partition counts are assigned
+together, so its recipient's tables are here. The others cross notifications.accepted.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from typing import Any
 
 from faust.types import EventT
 
-from streams import metrics
+from streams import metrics, tracing
 from streams.app import settings, table, topics
+from streams.enrich import enrich_step
 from streams.events import (
     Rejected,
     dead_letter,
@@ -23,7 +29,7 @@ from streams.events import (
 )
 from streams.expiry import Sweeper, is_live
 from streams.fanout import fan_out
-from streams.ids import recipient_key, request_id_from_position
+from streams.ids import expected_partition, recipient_key, request_id_from_position
 from streams.lane_agents import lane_agents
 from streams.lanes import lane_of_request, lane_topic
 
@@ -120,7 +126,11 @@ async def handle(event: EventT) -> None:
     for notification in notifications:
         await emit_status(notification, "accepted", stage=STAGE, headers=headers)
         key = recipient_key(notification["tenant_id"], notification["recipient"]["user_id"])
-        await accepted.send(key=key, value=notification, headers=headers)
+        if expected_partition(key, accepted.partitions) == message.partition:
+            # Its recipient's tables are this partition's: enrich it here, not one hop on.
+            await enrich_step(notification, key, tracing.child_headers(headers))
+        else:
+            await accepted.send(key=key, value=notification, headers=headers)
     metrics.processed(STAGE, "accepted", request["occurred_at"])
 
 

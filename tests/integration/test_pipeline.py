@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer
 
-from streams.ids import notification_id
+from streams.ids import expected_partition, notification_id
 from tests.integration.conftest import now_ms
 from tests.support import requests
 from tests.support.pipeline import Pipeline, wait_until
@@ -320,8 +320,20 @@ def test_in_app_notification_lands_in_the_inbox(pipeline: Pipeline) -> None:
 
 
 def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
+    """Two recipients: the first is in the request's partition (enriched in the request
+    stage's consumer), the second in another one, so it crosses notifications.accepted."""
     trace_id = uuid.uuid4().hex
+    partitions = pipeline.topics["notifications.accepted"].partitions
+    home = expected_partition("acme:traced", partitions)
+    other = next(
+        f"traced{i}"
+        for i in range(100)
+        if expected_partition(f"acme:traced{i}", partitions) != home
+    )
     record = request_record("traced")
+    record["recipients"].append(
+        {**record["recipients"][0], "user_id": other, "email": f"{other}@example.test"}
+    )
     pipeline.produce(
         "notifications.requests",
         "acme:traced",
@@ -330,9 +342,10 @@ def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
     )
     pipeline.flush()
     nid = notification_id(record["tenant_id"], record["request_id"], "traced", "email")
-    pipeline.wait_for_status([nid], {"sent"})
+    crossing = notification_id(record["tenant_id"], record["request_id"], other, "email")
+    pipeline.wait_for_status([nid, crossing], {"sent"})
 
-    def traceparents(topic: str) -> list[str]:
+    def traceparents(topic: str, nid: str = nid) -> list[str]:
         found = []
         for message in pipeline.read_topic(topic):
             if nid.encode() in message.value():
@@ -340,7 +353,10 @@ def test_trace_context_is_carried_across_every_hop(pipeline: Pipeline) -> None:
                 found.append(headers["traceparent"].decode())
         return found
 
-    for topic in ("notifications.accepted", "notifications.deliver.email", "notifications.status"):
+    assert not traceparents("notifications.accepted"), "the first recipient took a hop"
+    crossed = traceparents("notifications.accepted", crossing)
+    assert crossed and all(p.split("-")[1] == trace_id for p in crossed)
+    for topic in ("notifications.deliver.email", "notifications.status"):
         parents = traceparents(topic)
         assert parents, topic
         assert all(p.split("-")[1] == trace_id for p in parents), (topic, parents)
