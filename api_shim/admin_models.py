@@ -10,7 +10,15 @@ import zoneinfo
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+)
 
 from api_shim.admin_common import ID_PATTERN
 from api_shim.auth import Scope
@@ -53,7 +61,7 @@ class TenantUpdate(_TenantSettings):
     """A tenant's own settings; replaces name, default_locale, timezone and the settings the
     tenant manages."""
 
-    enabled: bool | None = Field(
+    enabled: StrictBool | None = Field(
         default=None,
         description="Set by the platform operator only: giving it here answers 403.",
     )
@@ -61,13 +69,13 @@ class TenantUpdate(_TenantSettings):
 
 class TenantCreate(_TenantSettings):
     tenant_id: Ident
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class TenantPatch(_In):
     """The operator's changes: `enabled`, and settings merged in (a null value removes one)."""
 
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     settings: dict[str, str | None] = Field(default_factory=dict, max_length=MAX_SETTINGS)
 
 
@@ -145,9 +153,9 @@ class VariantIn(_In):
 class DigestRuleIn(_In):
     key: str = ""
     mode: Literal["fixed", "inactivity"] = "fixed"
-    window_seconds: int = Field(default=3600, gt=0)
-    max_window_seconds: int = Field(default=86400, gt=0)
-    max_items: int = Field(default=0, ge=0)
+    window_seconds: StrictInt = Field(default=3600, gt=0)
+    max_window_seconds: StrictInt = Field(default=86400, gt=0)
+    max_items: StrictInt = Field(default=0, ge=0)
     template_id: Ident
 
 
@@ -178,7 +186,7 @@ class TemplateVersionIn(_In):
     variables: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=200
     )
-    critical_overrides_preferences: bool = False
+    critical_overrides_preferences: StrictBool = False
     digest: DigestRuleIn | None = None
 
 
@@ -215,7 +223,7 @@ class TemplateDetail(BaseModel):
 class PreviewIn(_In):
     """Render a stored version (default: the active one) or a draft `template` not yet saved."""
 
-    version: int | None = Field(default=None, ge=1)
+    version: StrictInt | None = Field(default=None, ge=1)
     template: TemplateVersionIn | None = None
     data: dict[str, Any] = Field(default_factory=dict, description="The request's data.")
     channel: Channel = Channel.email
@@ -252,8 +260,8 @@ class ProviderIn(_In):
 
     channel: Channel
     provider: str = Field(max_length=64, description="A name from the connector registry.")
-    enabled: bool = True
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Lower is tried first.")
+    enabled: StrictBool = True
+    priority: StrictInt = Field(default=0, ge=-1000, le=1000, description="Lower is tried first.")
     settings: dict[str, Any] = Field(
         default_factory=dict, max_length=MAX_SETTINGS, description="Non-secret settings."
     )
@@ -308,7 +316,7 @@ class TriggerRuleIn(Rule):
 
     name: str | None = None  # type: ignore[assignment]
     tenant: TenantSpec | None = None  # type: ignore[assignment]
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class TriggerRuleOut(BaseModel):

@@ -41,7 +41,15 @@ KEYS = "config.api-keys"
 OPERATOR_SETTINGS = frozenset({"rate_limit_per_second"})
 # Whom the operator's Idempotency-Keys belong to ('*' is in no tenant id: no collision).
 OPERATOR = Principal(tenant_id="*operator", kind="api_key", subject="operator", scopes=frozenset())
-OPERATOR_ERRORS = errors.responses(401, 403)  # 403: SHIM_OPERATOR_TOKEN is not set
+# 403: SHIM_OPERATOR_TOKEN is not set; 429: too many wrong operator tokens from one address.
+OPERATOR_ERRORS = {
+    **errors.responses(401, 403, 429),
+    429: {
+        **errors.responses(429)[429],
+        "description": "Too many wrong operator tokens from this address; retry after "
+        "`Retry-After` seconds.",
+    },
+}
 
 
 def tenant_out(record: dict[str, Any]) -> TenantOut:

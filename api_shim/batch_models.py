@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, StrictInt, WithJsonSchema
 
 from api_shim.models import Channel, FieldError, NotificationCreate, NotificationRef, Priority
 
 # -- send many -----------------------------------------------------------------------------
+
+
+# The document says what the endpoint does: any object is taken, and each one that is not a
+# valid NotificationCreate is answered as rejected in `results` (the call itself is 200).
+_ANY_ITEM = WithJsonSchema(
+    {
+        "type": "object",
+        "description": "A NotificationCreate (the body of POST /api/v1/notifications), "
+        "validated on its own: an invalid one is reported in `results`, not refused.",
+    }
+)
 
 
 class SendMany(BaseModel):
@@ -17,7 +28,7 @@ class SendMany(BaseModel):
 
     # Each item is validated on its own (api_shim.routes_batches), so that one invalid item
     # is reported with its index instead of failing the whole call.
-    notifications: list[SkipValidation[NotificationCreate]] = Field(
+    notifications: list[Annotated[SkipValidation[NotificationCreate], _ANY_ITEM]] = Field(
         min_length=1, description="At most SHIM_SEND_MANY_MAX (100) per call."
     )
 
@@ -48,7 +59,7 @@ BatchState = Literal["open", "closed", "cancelled"]
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    total_expected: int | None = Field(
+    total_expected: StrictInt | None = Field(
         default=None,
         ge=0,
         description="Notifications (recipient x channel) the batch will hold, if known: "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -157,13 +158,43 @@ _HTTP_ERRORS = {
 }
 
 
-async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (unknown path, wrong method, body over the limit) in our shape,
     with their headers: a 405 says which methods the path allows (`Allow`, RFC 9110 15.5.6)."""
     assert isinstance(exc, StarletteHTTPException)
     error = _HTTP_ERRORS.get(exc.status_code, "error")
     body = ErrorBody(error=error, message=str(exc.detail))
-    return error_response(exc.status_code, body, **dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(exc.status_code, body, **headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document gives this path. Starlette's own `Allow` names only
+    the first route that matched the path, and FastAPI makes one route per method."""
+    path = request.url.path
+    for pattern, methods in _documented_methods(request.app):
+        if pattern.fullmatch(path):
+            return methods
+    return []
+
+
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def _documented_methods(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
+    cached: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow", None)
+    if cached is None:
+        cached = []
+        paths = app.openapi().get("paths", {})
+        # Literal paths first: /notifications/batch is not /notifications/{notification_id}.
+        for template, operations in sorted(paths.items(), key=lambda p: p[0].count("{")):
+            regex = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+            methods = sorted(m.upper() for m in operations if m in _METHODS)
+            cached.append((re.compile(regex), methods))
+        app.state.allow = cached
+    return cached
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -194,6 +225,9 @@ def _one_error_model(app: FastAPI) -> None:
         schema = build()
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                if "requestBody" in operation:
+                    # Starlette answers 400 for a body it cannot decode (not UTF-8 JSON).
+                    operation["responses"].setdefault("400", _body_unreadable())
                 answer = (operation.get("responses") or {}).get("422")
                 if not answer:
                     continue
@@ -208,6 +242,13 @@ def _one_error_model(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _body_unreadable() -> dict[str, Any]:
+    return {
+        "description": "The body could not be read (for example, not UTF-8).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
 
 
 def install(app: FastAPI) -> None:

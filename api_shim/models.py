@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -116,7 +117,7 @@ class NotificationCreate(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     channels: list[Channel] = Field(min_length=1, description="Duplicates are ignored.")
     template_id: Id | None = Field(default=None, description="Either this or content.")
-    template_version: int | None = Field(
+    template_version: StrictInt | None = Field(
         default=None,
         ge=1,
         description="With template_id: this version, not the published one.",
