@@ -167,7 +167,7 @@ def test_send_many_accepts_the_valid_items_and_reports_the_others_by_index(
         item("m1"),
         {**item("m2"), "recipients": []},
         item("m3", ("email", "in_app")),
-        "not an object",
+        {**item("m4"), "channels": ["carrier-pigeon"]},
     ]
     headers = {**KEY_A, "Idempotency-Key": "many-1"}
     response = client.post(
@@ -185,7 +185,7 @@ def test_send_many_accepts_the_valid_items_and_reports_the_others_by_index(
     ]
     assert [e["field"] for e in results[1]["errors"]] == ["recipients"]
     assert results[1]["request_id"] is None and results[1]["notifications"] == []
-    assert [e["field"] for e in results[3]["errors"]] == ["body"]
+    assert [e["field"] for e in results[3]["errors"]] == ["channels.0"]
     assert {(n["user_id"], n["channel"]) for n in results[2]["notifications"]} == {
         ("m3", "email"),
         ("m3", "in_app"),
@@ -243,6 +243,12 @@ def test_send_many_all_valid_is_202_and_the_limits_and_refusals(
     assert_error(
         client.post(path, json={"notifications": []}, headers=KEY_A), 422, "validation_failed"
     )
+    # An item that is not an object is not a notification at all: the call is refused.
+    not_an_object = client.post(
+        path, json={"notifications": [item("n4"), "not an object"]}, headers=KEY_A
+    )
+    refused = assert_error(not_an_object, 422, "validation_failed")
+    assert "notifications.1" in str(refused), refused
     assert_error(client.post(path, json={"notifications": [item("n")]}), 401, "unauthorized")
     assert_error(
         client.post(path, json={"notifications": [item("n")]}, headers=scoped_keys["read"]),
