@@ -15,14 +15,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     StringConstraints,
     field_validator,
 )
 
 from api_shim.admin_common import ID_PATTERN
 from api_shim.auth import Scope
-from api_shim.models import Channel
+from api_shim.models import Channel, WholeNumber, given
+from connectors.registry import PROVIDERS
 from streams.trigger_rules import Rule, TenantSpec
 
 Ident = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -128,6 +128,10 @@ class TenantCreated(BaseModel):
 class ContentIn(_In):
     """Jinja2 sources (sandboxed); at least text or html."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [given(f, {"type": "string"}) for f in ("text", "html")]}
+    )
+
     subject: str | None = None
     text: str | None = None
     html: str | None = Field(default=None, validate_default=True)
@@ -153,9 +157,9 @@ class VariantIn(_In):
 class DigestRuleIn(_In):
     key: str = ""
     mode: Literal["fixed", "inactivity"] = "fixed"
-    window_seconds: StrictInt = Field(default=3600, gt=0)
-    max_window_seconds: StrictInt = Field(default=86400, gt=0)
-    max_items: StrictInt = Field(default=0, ge=0)
+    window_seconds: WholeNumber = Field(default=3600, gt=0)
+    max_window_seconds: WholeNumber = Field(default=86400, gt=0)
+    max_items: WholeNumber = Field(default=0, ge=0)
     template_id: Ident
 
 
@@ -223,7 +227,7 @@ class TemplateDetail(BaseModel):
 class PreviewIn(_In):
     """Render a stored version (default: the active one) or a draft `template` not yet saved."""
 
-    version: StrictInt | None = Field(default=None, ge=1)
+    version: WholeNumber | None = Field(default=None, ge=1)
     template: TemplateVersionIn | None = None
     data: dict[str, Any] = Field(default_factory=dict, description="The request's data.")
     channel: Channel = Channel.email
@@ -259,9 +263,13 @@ class ProviderIn(_In):
     )
 
     channel: Channel
-    provider: str = Field(max_length=64, description="A name from the connector registry.")
+    provider: str = Field(
+        max_length=64,
+        description="A name from the connector registry, delivering on `channel`.",
+        json_schema_extra={"enum": [*sorted(PROVIDERS)]},
+    )
     enabled: StrictBool = True
-    priority: StrictInt = Field(default=0, ge=-1000, le=1000, description="Lower is tried first.")
+    priority: WholeNumber = Field(default=0, ge=-1000, le=1000, description="Lower is tried first.")
     settings: dict[str, Any] = Field(
         default_factory=dict, max_length=MAX_SETTINGS, description="Non-secret settings."
     )

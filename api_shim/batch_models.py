@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from api_shim.models import Channel, FieldError, NotificationRef, Priority
+from api_shim.models import Channel, FieldError, NotificationRef, Priority, WholeNumber
 
 # -- send many -----------------------------------------------------------------------------
 
@@ -60,7 +60,7 @@ BatchState = Literal["open", "closed", "cancelled"]
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    total_expected: StrictInt | None = Field(
+    total_expected: WholeNumber | None = Field(
         default=None,
         ge=0,
         description="Notifications (recipient x channel) the batch will hold, if known: "

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -33,6 +34,18 @@ MAX_ADDRESS_CHARS = 2048  # a webhook URL or a push token; both are far shorter 
 # How far ahead send_at may be: held notifications live in the scheduler's table until then.
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's `integer` is any number without a fraction, 3.0 included; `true` and
+    `"3"` are not numbers (pydantic's lax int took `false` as priority 0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it: 3 and 3.0, not true, "3" or 3.5.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_json_integer)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
 MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
 Address = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ADDRESS_CHARS)]
@@ -75,10 +88,25 @@ class Recipient(BaseModel):
     )
 
 
+SUBJECT_TEXT_HTML = ("subject", "text", "html")
+
+
+def given(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema for "`field` is present and matches `schema`" (so not null): the
+    building block of the either/or rules, which the bodies' nullable fields cannot say
+    with `required` alone."""
+    return {"required": [field], "properties": {field: schema}}
+
+
 class Content(BaseModel):
     """Inline Jinja2 templates, rendered with `data` by the render stage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [given(f, {"type": "string", "minLength": 1}) for f in SUBJECT_TEXT_HTML]
+        },
+    )
 
     subject: str | None = None
     text: str | None = None
@@ -103,6 +131,12 @@ class NotificationCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            # "Either template_id or content", as the schema can say it with nullable
+            # fields: exactly one of them present and not null.
+            "oneOf": [
+                given("template_id", {"type": "string"}),
+                given("content", {"type": "object"}),
+            ],
             "examples": [
                 {
                     "recipients": [{"user_id": "u-42", "email": "ada@example.com"}],
@@ -110,14 +144,14 @@ class NotificationCreate(BaseModel):
                     "content": {"subject": "Hi {{ name }}", "text": "Your order shipped."},
                     "data": {"name": "Ada"},
                 }
-            ]
+            ],
         },
     )
 
     recipients: list[Recipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     channels: list[Channel] = Field(min_length=1, description="Duplicates are ignored.")
     template_id: Id | None = Field(default=None, description="Either this or content.")
-    template_version: StrictInt | None = Field(
+    template_version: WholeNumber | None = Field(
         default=None,
         ge=1,
         description="With template_id: this version, not the published one.",

@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic.json_schema import JsonDict
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import State
 
@@ -44,6 +45,9 @@ STATUSES: tuple[str, ...] = tuple(SchemaCatalog.load().expanded("NotificationSta
 SECRET_PREFIX = "whsec_"
 
 SubscriptionId = Annotated[str, id_path("The subscription's id.")]
+# Stated in the document too, so a client (or a fuzzer) knows the values before it is told.
+EventType = Annotated[str, WithJsonSchema({"type": "string", "enum": list(STATUSES)})]
+URL_SCHEME: JsonDict = {"pattern": "^[hH][tT][tT][pP][sS]?://"}
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -64,8 +68,9 @@ class WebhookCreate(BaseModel):
         max_length=2048,
         description="http(s) URL to POST to; private, loopback and link-local addresses are "
         "refused.",
+        json_schema_extra=URL_SCHEME,
     )
-    event_types: list[str] = Field(
+    event_types: list[EventType] = Field(
         default_factory=list,
         max_length=len(STATUSES),
         description="Statuses to send (`delivered`, `failed`, ...); empty: every status.",
@@ -84,8 +89,8 @@ class WebhookCreate(BaseModel):
 class WebhookUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(None, min_length=1, max_length=2048)
-    event_types: list[str] | None = Field(None, max_length=len(STATUSES))
+    url: str | None = Field(None, min_length=1, max_length=2048, json_schema_extra=URL_SCHEME)
+    event_types: list[EventType] | None = Field(None, max_length=len(STATUSES))
     enabled: bool | None = None
     description: str | None = Field(None, max_length=500)
 

@@ -75,12 +75,16 @@ class Rule(_Strict):
     when: dict[str, Any] = Field(default_factory=dict)
     tenant: TenantSpec
     template_id: str = Field(min_length=1)
-    channels: list[str] = Field(min_length=1)
+    # The enumerations are checked below (with the valid values in the error) and also
+    # stated in the JSON Schema, so the shim's document says them.
+    channels: list[str] = Field(
+        min_length=1, json_schema_extra={"items": {"type": "string", "enum": sorted(CHANNELS)}}
+    )
     recipient: RecipientSpec
     data: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
-    category: str | None = None
-    priority: str = "normal"
+    category: str | None = Field(None, json_schema_extra={"enum": [*sorted(CATEGORIES), None]})
+    priority: str = Field("normal", json_schema_extra={"enum": sorted(PRIORITIES)})
 
     @field_validator("channels")
     @classmethod

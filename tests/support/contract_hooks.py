@@ -2,9 +2,11 @@
 
 Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS=tests.support.contract_hooks.
 
-- Every generated Idempotency-Key is made unique: the fuzzer reuses values across different
-  requests, and reusing a key with another body is refused with 422 on purpose (the IETF
-  idempotency-key draft's answer), a rule no schema can express.
+- Every Idempotency-Key sent is derived from the request it is sent with (method, path,
+  query and body): the fuzzer reuses generated values across different requests, and reusing
+  a key with another body is refused with 422 on purpose (the IETF idempotency-key draft's
+  answer), a rule no schema can express. The same request sent again (a check that repeats a
+  case) keeps its key, and gets the first answer again, as a client's retry would.
 - `other_tenant_data_never_returned`: the run authenticates as tenant acme; no answer may
   contain any of CONTRACT_FORBIDDEN_MARKERS (ids of tenant globex's resources, created
   before the run).
@@ -12,8 +14,9 @@ Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS=tests.support.contract
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import uuid
 from typing import Any
 
 import schemathesis
@@ -22,12 +25,14 @@ MARKERS = [m for m in os.environ.get("CONTRACT_FORBIDDEN_MARKERS", "").split(","
 
 
 @schemathesis.hook
-def map_headers(ctx: Any, headers: dict[str, Any] | None) -> dict[str, Any] | None:
-    if headers:
-        for name in list(headers):
-            if name.lower() == "idempotency-key":
-                headers[name] = f"contract-{uuid.uuid4().hex}"
-    return headers
+def before_call(ctx: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    if not case.headers:
+        return
+    for name in list(case.headers):
+        if name.lower() == "idempotency-key":
+            sent = [case.method, case.formatted_path, case.query, case.body]
+            digest = hashlib.sha256(json.dumps(sent, default=repr, sort_keys=True).encode())
+            case.headers[name] = f"contract-{digest.hexdigest()[:32]}"
 
 
 @schemathesis.check

@@ -337,3 +337,32 @@ def test_every_documented_422_is_the_error_body_the_shim_sends(client: TestClien
     invalid = _post(client, {})
     assert invalid.status_code == 422
     assert set(invalid.json()) == {"error", "message", "detail"}
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"), [(3, 3), (3.0, 3), (True, None), ("3", None), (3.5, None)]
+)
+def test_integers_are_json_schema_integers(value: Any, taken: int | None) -> None:
+    """3.0 is an integer to JSON Schema (and to the document's clients); true and "3" are
+    not numbers, and lax pydantic took false as 0."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from api_shim.models import WholeNumber
+
+    adapter: TypeAdapter[int] = TypeAdapter(WholeNumber)
+    if taken is None:
+        with pytest.raises(ValidationError):
+            adapter.validate_json(json.dumps(value))
+    else:
+        parsed = adapter.validate_json(json.dumps(value))
+        assert parsed == taken and type(parsed) is int
+
+
+def test_the_document_states_template_or_content_and_content_not_empty() -> None:
+    """The either/or rules are in the OpenAPI document, not only in the validators."""
+    schemas = create_app().openapi()["components"]["schemas"]
+    assert [s["required"] for s in schemas["NotificationCreate"]["oneOf"]] == [
+        ["template_id"],
+        ["content"],
+    ]
+    assert [s["required"] for s in schemas["Content"]["anyOf"]] == [["subject"], ["text"], ["html"]]
