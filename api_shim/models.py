@@ -88,9 +88,6 @@ class Recipient(BaseModel):
     )
 
 
-SUBJECT_TEXT_HTML = ("subject", "text", "html")
-
-
 def given(field: str, schema: dict[str, Any]) -> dict[str, Any]:
     """JSON Schema for "`field` is present and matches `schema`" (so not null): the
     building block of the either/or rules, which the bodies' nullable fields cannot say
@@ -104,7 +101,9 @@ class Content(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "anyOf": [given(f, {"type": "string", "minLength": 1}) for f in SUBJECT_TEXT_HTML]
+            "anyOf": [
+                given(f, {"type": "string", "minLength": 1}) for f in ("subject", "text", "html")
+            ]
         },
     )
 
