@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run demo test bench bench-shim lint typecheck infra-up infra-down clean
+.PHONY: help run demo test bench bench-shim soak lint typecheck infra-up infra-down clean
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -25,6 +25,11 @@ bench: ## end-to-end benchmark on the local Kafka (127.0.0.1:9092); COUNT=... no
 
 bench-shim: ## HTTP shim benchmark on the local Kafka: POSTs vs. the bare producer; COUNT=...
 	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/shim.py --count $(or $(COUNT),2000)
+
+soak: ## crash-and-rebalance soak on the local Kafka and Postgres, exact counts; COUNT=... KILLS=...
+	scripts/bootstrap.sh && scripts/kafka.sh start && scripts/postgres.sh start
+	$(PY) bench/soak.py --count $(or $(COUNT),100000) --kills $(or $(KILLS),5) \
+		--database-url "$$(scripts/postgres.sh url)"
 
 lint: ## ruff check, ruff format --check, docker-compose config -q
 	scripts/bootstrap.sh

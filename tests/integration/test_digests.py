@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import now_ms
-from tests.integration.test_preferences import preferences, wait_materialised
+from tests.integration.test_preferences import preferences
 from tests.integration.test_scheduling import (
     digest_messages,
     digest_rule,
@@ -23,7 +23,7 @@ from tests.integration.test_scheduling import (
     put_digest_templates,
     send_item,
 )
-from tests.support.pipeline import Pipeline, wait_until
+from tests.support.pipeline import Pipeline, wait_materialised, wait_until
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration

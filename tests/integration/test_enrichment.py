@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_preferences import wait_materialised
-from tests.support.pipeline import Pipeline, wait_until
+from tests.support.pipeline import Pipeline, wait_materialised, wait_until
 from tests.support.requests import produce_request, request_record
 from tests.support.smtp import SmtpCapture
 from tests.support.user_service import UserServicePeer

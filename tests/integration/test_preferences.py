@@ -12,11 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.ids import notification_id
 from tests.integration.conftest import now_ms
-from tests.support.pipeline import Pipeline, wait_until
+from tests.support.pipeline import Pipeline, wait_materialised
 from tests.support.requests import request_record
 from tests.support.smtp import SmtpCapture
 
@@ -52,41 +51,6 @@ def template(template_id: str, **fields: Any) -> dict[str, Any]:
         "content": CONTENT,
         **fields,
     }
-
-
-def wait_materialised(pipeline: Pipeline, logical_topic: str, timeout: float = 120) -> None:
-    """Until the worker's consumer group has committed past everything on the topic.
-
-    Preferences and notifications travel on different topics: without this barrier a
-    notification may overtake its preferences.
-    """
-    pipeline.flush()
-    name = pipeline.topics.name(logical_topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": pipeline.settings.kafka_bootstrap_servers,
-            "group.id": pipeline.settings.full_app_id,
-            "enable.auto.commit": False,
-        }
-    )
-    partitions = [TopicPartition(name, p) for p in range(pipeline.topics[logical_topic].partitions)]
-    ends: dict[int, int] = {}
-
-    def caught_up() -> bool:
-        pipeline.assert_alive()
-        try:  # fresh topics may not have a leader yet: retry until they do
-            for tp in partitions:
-                if tp.partition not in ends:
-                    ends[tp.partition] = consumer.get_watermark_offsets(tp, 10)[1]
-            committed = consumer.committed(partitions, timeout=10)
-        except KafkaException:
-            return False
-        return all(ends[tp.partition] == 0 or tp.offset >= ends[tp.partition] for tp in committed)
-
-    try:
-        wait_until(caught_up, timeout, f"the worker to read {logical_topic}", every=0.5)
-    finally:
-        consumer.close()
 
 
 def reasons(pipeline: Pipeline, nid: str, status: str) -> list[str | None]:
