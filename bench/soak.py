@@ -204,7 +204,8 @@ class Chaos:
             _, action = self.marks.pop(0)
             getattr(self, f"_{action}")()
             self.done.append(action)
-            self.log(f"{progress:6.1%}  {action}")
+            late = "  (after the drain: it tests the restart only)" if progress >= 1 else ""
+            self.log(f"{progress:6.1%}  {action}{late}")
 
     @property
     def finished(self) -> bool:

@@ -387,11 +387,10 @@ def wait_materialised(pipeline: Pipeline, logical_topic: str, timeout: float = 1
     pipeline.flush()
     name = pipeline.topics.name(logical_topic)
     consumer = Consumer(
-        {
-            "bootstrap.servers": pipeline.settings.kafka_bootstrap_servers,
-            "group.id": pipeline.settings.full_app_id,
-            "enable.auto.commit": False,
-        }
+        client_config(
+            pipeline.settings,
+            **{"group.id": pipeline.settings.full_app_id, "enable.auto.commit": False},
+        )
     )
     partitions = [TopicPartition(name, p) for p in range(pipeline.topics[logical_topic].partitions)]
     ends: dict[int, int] = {}
