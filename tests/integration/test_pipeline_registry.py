@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,3 +113,34 @@ def test_records_written_before_the_registry_was_turned_on_are_read_by_every_con
         for m in pipe.read_topic("notifications.dead-letter")
     ]
     assert not [d for d in dead if "legacy" in str(d)], dead
+
+
+def test_a_request_framed_with_a_schema_id_the_registry_does_not_know_is_dead_lettered(
+    registry_pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Issue 16, item 4: valid Confluent framing, an id the registry answers 404 for. The
+    message is dead-lettered as UnknownSchemaError (permanent: no retry loop) and the request
+    right behind it on the same partition is sent."""
+    pipe = registry_pipeline
+    key = "acme:unknown-id"
+    unknown = b"\x00\x7f\xff\xff\xf0" + b"\x00" * 10  # magic 0, schema id 2147483632
+    pipe.produce("notifications.requests", key, unknown)
+    behind = request_record("unknown-id")
+    pipe.produce_record("notifications.requests", key, behind)
+    pipe.flush()
+
+    nid = notification_id(behind["tenant_id"], behind["request_id"], "unknown-id", "email")
+    pipe.wait_for_status([nid], {"sent"})
+    assert len(smtp.by_notification_id()[nid]) == 1
+
+    def letters() -> list[dict[str, Any]]:
+        records = [
+            pipe.codec.decode(m.value(), "DeadLetter")
+            for m in pipe.read_topic("notifications.dead-letter")
+        ]
+        return [r for r in records if r["key"] == key.encode()]
+
+    found = wait_until(letters, 30, "the dead letter")
+    assert [(r["stage"], r["value"], r["error_type"]) for r in found] == [
+        ("request", unknown, "UnknownSchemaError")
+    ], found
