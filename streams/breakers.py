@@ -37,6 +37,9 @@ class CircuitBreaker:
     opened_at: float = 0.0
     # (time, bad) per call in the window
     calls: deque[tuple[float, bool]] = field(default_factory=deque)
+    # How many of `calls` are bad, kept as calls come and expire: every record() checks the
+    # rate, and a busy provider's window holds thousands of calls.
+    bad_calls: int = 0
     trial_in_flight: bool = False
 
     def allow(self, now: float | None = None) -> bool:
@@ -64,8 +67,10 @@ class CircuitBreaker:
             else:
                 self.state = "closed"
                 self.calls.clear()
+                self.bad_calls = 0
             return
         self.calls.append((now, bad))
+        self.bad_calls += bad
         self._expire(now)
         if self.state == "closed" and self._tripped():
             self._open(now)
@@ -74,17 +79,17 @@ class CircuitBreaker:
         total = len(self.calls)
         if total < self.policy.min_calls:
             return False
-        bad = sum(1 for _, is_bad in self.calls if is_bad)
-        return bad / total >= self.policy.failure_rate
+        return self.bad_calls / total >= self.policy.failure_rate
 
     def _expire(self, now: float) -> None:
         horizon = now - self.policy.window_seconds
         while self.calls and self.calls[0][0] < horizon:
-            self.calls.popleft()
+            self.bad_calls -= self.calls.popleft()[1]
 
     def _open(self, now: float) -> None:
         self.state, self.opened_at = "open", now
         self.calls.clear()
+        self.bad_calls = 0
 
 
 class Breakers:

@@ -121,9 +121,25 @@ def outbound(notification: dict[str, Any]) -> OutboundMessage:
     )
 
 
+# Partitions owned per topic, counted once per assignment: the consumer's assignment() is
+# a set built across threads, too dear to ask for on every notification.
+_owned_partitions: dict[str, int] = {}
+
+
+def _forget_owned_partitions(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+    _owned_partitions.clear()
+
+
+app.on_partitions_assigned.connect(_forget_owned_partitions)  # type: ignore[arg-type]  # mode stub
+
+
 def partition_share(topic: str) -> float:
     """The share of `topic`'s partitions this worker owns: its part of a shared rate limit."""
-    owned = sum(1 for tp in app.consumer.assignment() if tp.topic == topic)
+    owned = _owned_partitions.get(topic)
+    if owned is None:
+        owned = _owned_partitions[topic] = sum(
+            1 for tp in app.consumer.assignment() if tp.topic == topic
+        )
     partitions = catalog[delivery_topic("email", "transactional")].partitions
     return max(owned, 1) / partitions
 

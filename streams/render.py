@@ -111,9 +111,20 @@ _renders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
 _GRACE_SECONDS = 2.0
 
 
+def _is_literal(content: dict[str, Any]) -> bool:
+    """No Jinja delimiters ({{ }}, {% %}, {# #}) in any field: nothing to evaluate."""
+    return not any(
+        "{" in source for source in (content.get(f) for f in ("subject", "text", "html")) if source
+    )
+
+
 async def render_off_loop(notification: dict[str, Any]) -> dict[str, Any]:
     """render_notification in a render thread, bounded in time."""
     template, default_locale = _resolve(notification)
+    if template is None and _is_literal(notification.get("content") or {}):
+        # Text with no template syntax renders in time linear in its (capped) size: the
+        # hand-over to a thread and back would cost more than the render.
+        return _render_resolved(notification, None, None)
     job = asyncio.get_running_loop().run_in_executor(
         _renders, _render_resolved, notification, template, default_locale
     )

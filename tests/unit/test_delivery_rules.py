@@ -179,6 +179,19 @@ def test_breaker_forgets_calls_outside_its_window() -> None:
     assert breaker.state == "closed"
 
 
+def test_breaker_rate_is_the_windows_share_of_bad_calls_as_calls_expire() -> None:
+    # The bad-call count is kept as calls come and go: check it against a recount.
+    breaker = CircuitBreaker(BreakerPolicy(window_seconds=10, min_calls=4, failure_rate=0.5))
+    for second in range(30):
+        breaker.record(failed=second % 3 == 1, duration=0, now=second)  # 1 bad in 3
+        assert breaker.bad_calls == sum(bad for _, bad in breaker.calls)
+    assert breaker.state == "closed"
+    for second in range(30, 36):
+        breaker.record(failed=True, duration=0, now=second)
+        assert breaker.bad_calls == sum(bad for _, bad in breaker.calls)
+    assert breaker.state == "open"
+
+
 def test_half_open_failure_opens_again() -> None:
     breaker = CircuitBreaker(BreakerPolicy(min_calls=1, failure_rate=0.5, open_seconds=1))
     breaker.record(failed=True, duration=0, now=0)
