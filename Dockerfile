@@ -9,9 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer: only a pyproject.toml change rebuilds it.
-# (Empty package dirs and README let setuptools build the project before the sources are copied.)
+# (Empty dirs for every package pyproject.toml lists, and a README, let setuptools build the
+# project before the sources are copied.)
 COPY pyproject.toml ./
-RUN mkdir -p streams schemas connectors api_shim && touch README.md \
+RUN python -c "import os, tomllib; [os.makedirs(p.replace('.', '/'), exist_ok=True) for p in tomllib.load(open('pyproject.toml', 'rb'))['tool']['setuptools']['packages']]" \
+    && touch README.md \
     && pip install . \
     && pip uninstall -y kafka-notifications \
     && rm -rf build *.egg-info

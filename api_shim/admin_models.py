@@ -23,7 +23,7 @@ from api_shim.admin_common import ID_PATTERN
 from api_shim.auth import Scope
 from api_shim.models import Channel, WholeNumber, given
 from connectors.registry import PROVIDERS
-from streams.trigger_rules import Rule, TenantSpec
+from streams.triggers.rules import Rule, TenantSpec
 
 Ident = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Locale = Annotated[

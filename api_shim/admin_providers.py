@@ -36,11 +36,11 @@ from connectors.egress import Egress, Target, TargetRefused, check_targets
 from connectors.errors import ConnectorError, DeliveryError, RetryableDeliveryError
 from connectors.registry import PROVIDERS
 from connectors.setting_text import settings_from_text
+from core.rate_limits import parse_rate
+from core.sealing import SealingError, SecretBox
 from streams.config.apply import provider_box
 from streams.config.kinds import ConfigError
-from streams.providers import PIPELINE_SETTINGS
-from streams.rate_limits import parse_rate
-from streams.sealing import SealingError, SecretBox
+from streams.delivery.providers import PIPELINE_SETTINGS
 
 router = APIRouter(tags=["admin"])
 
@@ -108,7 +108,8 @@ def _require_box(request: Request) -> SecretBox:
 
 
 def _as_text(value: Any) -> str:
-    """Settings and secrets travel as strings; lists and objects as JSON (streams.providers)."""
+    """Settings and secrets travel as strings; lists and objects as JSON
+    (streams.delivery.providers)."""
     return value if isinstance(value, str) else json.dumps(value)
 
 

@@ -1,7 +1,7 @@
 """Templates: create a version, publish or archive it, list and read them, preview with data.
 
 One record per version on `notifications.templates` (key `tenant:template:version`). Which
-version requests get, and how a template renders, are streams.templates' decisions: the
+version requests get, and how a template renders, are streams.content.templates' decisions: the
 preview calls the same function the render stage does, in the same sandbox.
 """
 
@@ -37,8 +37,8 @@ from api_shim.auth import Admin, Principal
 from api_shim.errors import AUTHENTICATED, Conflict, NotFound
 from api_shim.idempotency import IdempotencyKey, idempotent
 from api_shim.keyed_locks import KeyedLocks
-from streams import templates
-from streams.templates import TemplateIndex
+from streams.content import templates
+from streams.content.templates import TemplateIndex
 
 router = APIRouter(tags=["admin"])
 

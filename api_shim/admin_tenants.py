@@ -31,13 +31,13 @@ from api_shim.admin_models import (
 from api_shim.auth import SCOPES, Admin, Operator, Principal, new_api_key
 from api_shim.errors import AUTHENTICATED, Conflict, Forbidden, NotFound
 from api_shim.idempotency import IdempotencyKey
-from streams.rate_limits import parse_rate
+from core.rate_limits import parse_rate
 
 router = APIRouter()
 
 TENANTS = "config.tenants"
 KEYS = "config.api-keys"
-# Tenant settings the pipeline reads as quotas (streams/deliver.py): the operator's to set.
+# Tenant settings the pipeline reads as quotas (streams/stages/deliver.py): the operator's to set.
 OPERATOR_SETTINGS = frozenset({"rate_limit_per_second"})
 # Whom the operator's Idempotency-Keys belong to ('*' is in no tenant id: no collision).
 OPERATOR = Principal(tenant_id="*operator", kind="api_key", subject="operator", scopes=frozenset())

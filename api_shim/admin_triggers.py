@@ -1,6 +1,6 @@
 """Trigger rules: a tenant's own rules on `config.trigger-rules`, applied by the triggers stage.
 
-The body is one rule of the rules file (streams.trigger_rules.Rule, docs/triggers.md),
+The body is one rule of the rules file (streams.triggers.rules.Rule, docs/triggers.md),
 validated by the same function the worker applies to the record (`tenant_rule`): the rule
 reads its tenant from the topic's tenant field, which the operator sets in topics.yaml
 (`tenant_field`, default `tenant_id`), and only ever matches that tenant's events.
@@ -26,7 +26,7 @@ from api_shim.admin_common import (
 from api_shim.admin_models import TriggerRuleIn, TriggerRuleOut
 from api_shim.auth import Admin, Principal
 from api_shim.errors import AUTHENTICATED, NotFound
-from streams.trigger_rules import Rule, TenantRuleError, tenant_rule
+from streams.triggers.rules import Rule, TenantRuleError, tenant_rule
 
 router = APIRouter(tags=["admin"])
 

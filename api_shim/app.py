@@ -33,11 +33,11 @@ from api_shim.routes_me import router as me_router
 from api_shim.routes_webhooks import router as webhooks_router
 from api_shim.views import CompactedView
 from connectors.read_model import create_tables, make_engine
+from core.catalog import TopicCatalog
+from core.kafka_clients import producer_config
+from core.rate_limits import RateLimits
+from core.settings import Settings, get_settings
 from schemas import Codec, SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import producer_config
-from streams.rate_limits import RateLimits
-from streams.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

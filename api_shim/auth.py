@@ -33,7 +33,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from api_shim.errors import Forbidden, TooManyRequests, Unauthorized
 from api_shim.jwks import JwksCache, JwksUnavailable, UnknownKey
-from streams.rate_limits import RateLimits
+from core.rate_limits import RateLimits
 
 Scope = Literal["send", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("send", "read", "admin")

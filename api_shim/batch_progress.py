@@ -28,7 +28,7 @@ from api_shim.batch_registry import OPEN, later_state
 from api_shim.errors import Unavailable
 from api_shim.views import CompactedView, Record
 from connectors.read_model import notifications
-from streams.lifecycle import FINAL_STATUSES
+from core.lifecycle import FINAL_STATUSES
 
 TOPIC = "notifications.batch-events"
 MAX_REJECTIONS = 10

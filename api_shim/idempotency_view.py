@@ -15,8 +15,8 @@ import time
 from collections import OrderedDict
 
 from api_shim.views import CompactedView, Record
+from core.settings import Settings
 from schemas import Codec
-from streams.settings import Settings
 
 TTL_MS = 24 * 3600 * 1000  # as shim.idempotency's retention.ms in topics.yaml
 RECORD_OVERHEAD_BYTES = 512  # the other fields and the dict itself, roughly

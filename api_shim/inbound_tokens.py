@@ -32,8 +32,8 @@ from starlette.datastructures import State
 from api_shim.errors import Unavailable
 from api_shim.publish import encode, produce
 from api_shim.views import CompactedView, Record
+from core.settings import Settings
 from schemas import Codec
-from streams.settings import Settings
 
 TOPIC = "shim.inbound-tokens"
 SCHEMA = "InboundTokenClaim"

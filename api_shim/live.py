@@ -40,11 +40,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from core.catalog import TopicCatalog
+from core.ids import expected_partition
+from core.kafka_clients import client_config
+from core.settings import Settings
 from schemas import Codec
-from streams.catalog import TopicCatalog
-from streams.ids import expected_partition
-from streams.kafka_clients import client_config
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

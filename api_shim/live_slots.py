@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from api_shim.auth import Principal
 from api_shim.errors import TooManyRequests, Unavailable
-from streams.settings import Settings
+from core.settings import Settings
 
 # A stream's slot frees only when a client disconnects: no exact time to give, a hint.
 RETRY_AFTER_SECONDS = 10.0

@@ -15,8 +15,8 @@ from starlette.datastructures import State
 
 from api_shim.errors import InvalidField, PayloadTooLarge, Unavailable
 from api_shim.producer import ProduceError, ProduceTimeout, RecordTooLarge
+from core.tracing import child_headers
 from schemas import RecordValidationError, RegistryUnavailableError
-from streams.tracing import child_headers
 
 
 class InvalidRecord(InvalidField):

@@ -9,8 +9,8 @@ from typing import Any
 
 from api_shim.errors import InvalidField
 from api_shim.models import NotificationCreate, NotificationRef
-from streams.ids import notification_id
-from streams.providers import foreign_override
+from core.ids import notification_id
+from streams.delivery.providers import foreign_override
 
 _REQUEST_IDS = uuid.UUID("0b7e7d8e-3c55-4d1e-9f7a-51a3a4c1e2f0")
 

@@ -23,8 +23,8 @@ from api_shim.models import Accepted, NotificationCreate, NotificationOut, Resch
 from api_shim.publish import publish
 from api_shim.records import notification_refs, request_record
 from connectors import read_model
-from streams.ids import recipient_key
-from streams.lanes import request_topic
+from core.ids import recipient_key
+from core.lanes import request_topic
 
 log = logging.getLogger(__name__)
 router = APIRouter()

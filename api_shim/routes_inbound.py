@@ -47,9 +47,9 @@ from api_shim.publish import publish
 from connectors import mailgun, registry
 from connectors.receipts import Receipt, receipt_record
 from connectors.setting_text import settings_from_text
-from streams.providers import GLOBAL_TENANT, PIPELINE_SETTINGS
-from streams.sealing import SealingError, SecretBox
-from streams.settings import Settings
+from core.sealing import SealingError, SecretBox
+from core.settings import Settings
+from streams.delivery.providers import GLOBAL_TENANT, PIPELINE_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _box(settings: Settings) -> SecretBox | None:
-    # The same keys, and the same construction, as the deliver stage (streams/deliver.py).
+    # The same keys, and the same construction, as the deliver stage (streams/stages/deliver.py).
     key = settings.provider_secrets_key
     old = {
         kid: value.get_secret_value() for kid, value in settings.provider_secrets_old_keys.items()
@@ -132,7 +132,7 @@ def _box(settings: Settings) -> SecretBox | None:
 
 def _config(settings: Settings, record: dict[str, Any]) -> Any:
     """The connector's configuration model from a ProviderConfig record, as the workers build
-    it (streams.providers.ProviderPool): settings, then opened secrets over them."""
+    it (streams.delivery.providers.ProviderPool): settings, then opened secrets over them."""
     pid = f"{record['tenant_id']}:{record['provider_id']}"
     model = registry.provider_class(record["provider"]).config_model
     values = {k: v for k, v in (record.get("settings") or {}).items() if k not in PIPELINE_SETTINGS}

@@ -43,7 +43,7 @@ from api_shim.me_models import (
 from api_shim.models import Channel
 from api_shim.publish import publish
 from connectors import read_model
-from streams.ids import recipient_key, status_event_id
+from core.ids import recipient_key, status_event_id
 
 router = APIRouter()
 

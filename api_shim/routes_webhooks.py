@@ -1,10 +1,10 @@
 """Admin endpoints for outgoing status webhooks: subscriptions and their delivery log.
 
 A subscription is a WebhookSubscription event on config.webhook-subscriptions (compacted,
-keyed tenant_id:subscription_id); the workers (streams/status_webhooks.py) follow that topic
+keyed tenant_id:subscription_id); the workers (streams/webhooks/agents.py) follow that topic
 and POST the tenant's status events to it, signed. Its signing secret is shown once, in the
 answer that created (or rotated) it, and kept only sealed with AES-GCM, bound to
-`tenant_id:webhook:subscription_id` (streams/sealing.py). The URL passes the SSRF guard
+`tenant_id:webhook:subscription_id` (core/sealing.py). The URL passes the SSRF guard
 (`connectors.webhook.check_target`) here and again before every delivery.
 """
 
@@ -32,11 +32,11 @@ from api_shim.publish import produce, publish
 from connectors import read_model
 from connectors.errors import DeliveryError
 from connectors.webhook import check_target
+from core.sealing import SealingError, SecretBox
 from schemas import SchemaCatalog
 from streams.config.apply import provider_box
 from streams.config.kinds import ConfigError
-from streams.sealing import SealingError, SecretBox
-from streams.webhook_rules import sealed_as, secrets_to_seal, subscription_key
+from streams.webhooks.rules import sealed_as, secrets_to_seal, subscription_key
 
 router = APIRouter(prefix="/api/v1/admin/webhooks", tags=["webhooks"])
 

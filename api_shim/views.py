@@ -9,7 +9,7 @@ The view has no consumer group (partitions are assigned, offsets never committed
 process reads the whole topic. Start-up waits until the view has read up to the end offsets it
 found (`wait_caught_up`), so a restarted shim never refuses a key it had accepted before.
 
-The workers' equivalent is streams/replicated.py (aiokafka, on the worker's event loop). The
+The workers' equivalent is streams/runtime/replicated.py (aiokafka, on the worker's event loop). The
 shim's views are read from threadpool code as much as from the event loop and the shim's
 Kafka client is confluent-kafka, so this one is a thread with a dict behind a lock.
 """
@@ -24,9 +24,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from core.kafka_clients import client_config
+from core.settings import Settings
 from schemas import Codec
-from streams.kafka_clients import client_config
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -34,19 +34,19 @@ from confluent_kafka import (  # noqa: E402
 )
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E402
 
+from core.catalog import TopicCatalog  # noqa: E402
+from core.ids import notification_id  # noqa: E402
+from core.kafka_clients import client_config, producer_config  # noqa: E402
+from core.provision import provision  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from schemas import SchemaCatalog, build_codec  # noqa: E402
-from streams.catalog import TopicCatalog  # noqa: E402
-from streams.ids import notification_id  # noqa: E402
-from streams.kafka_clients import client_config, producer_config  # noqa: E402
-from streams.provision import provision  # noqa: E402
-from streams.settings import Settings  # noqa: E402
 
 STAGE_HOPS = 5  # requests -> accepted -> enriched -> rendered -> deliver.in_app -> status
 
 
 def _kafka(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
     """confluent-kafka options for `bootstrap` with the environment's KAFKA_SECURITY_PROTOCOL,
-    KAFKA_SASL_* and KAFKA_SSL_* settings (streams.kafka_clients.client_config)."""
+    KAFKA_SASL_* and KAFKA_SSL_* settings (core.kafka_clients.client_config)."""
     return client_config(Settings(kafka_bootstrap_servers=bootstrap), **options)
 
 

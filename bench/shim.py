@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from api_shim.app import _producer  # noqa: E402
-from streams.provision import provision  # noqa: E402
-from streams.settings import Settings  # noqa: E402
+from core.provision import provision  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 BODY = {
     "recipients": [{"user_id": "bench-user", "email": "bench@example.com"}],

@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa  # noqa: E402
 
-from streams.ids import notification_id  # noqa: E402
-from streams.lifecycle import FINAL_STATUSES  # noqa: E402
-from streams.sealing import SecretBox, new_key  # noqa: E402
+from core.ids import notification_id  # noqa: E402
+from core.lifecycle import FINAL_STATUSES  # noqa: E402
+from core.sealing import SecretBox, new_key  # noqa: E402
 from tests.support.http_peer import HttpPeer, Recorded, Reply  # noqa: E402
 from tests.support.pipeline import Pipeline, Process, wait_materialised  # noqa: E402
 from tests.support.requests import request_record  # noqa: E402

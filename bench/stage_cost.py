@@ -15,7 +15,7 @@ target topic, in a fresh consumer group, in its own child process, and the paren
 the target holds N records. Variants:
 
   a      Faust (FixedApp, aiokafka), `async for event in stream.events()` + `await topic.send`,
-         `await asyncio.sleep(0)` per event: the shape of streams/lane_agents.py today
+         `await asyncio.sleep(0)` per event: the shape of streams/runtime/lane_agents.py today
   b      Faust (FixedApp, aiokafka), `stream.take_events(500, within=0.01)` + `topic.send_soon`,
          the batch's send futures gathered before the next batch
   c      as b on faust.App with the confluent transport (`confluent://`)
@@ -59,10 +59,10 @@ if EXTRA.is_dir():
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
+from core.kafka_auth import faust_credentials  # noqa: E402
+from core.kafka_clients import client_config  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from schemas import SchemaCatalog, build_codec  # noqa: E402
-from streams.kafka_auth import faust_credentials  # noqa: E402
-from streams.kafka_clients import client_config  # noqa: E402
-from streams.settings import Settings  # noqa: E402
 
 SCHEMA = "io.notifications.Notification"
 PARTITIONS = 4
@@ -73,7 +73,7 @@ VARIANTS = ("a", "b", "c", "d", "d-raw", "e")
 
 def _kafka(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
     """confluent-kafka options for `bootstrap` with the environment's KAFKA_SECURITY_PROTOCOL,
-    KAFKA_SASL_* and KAFKA_SSL_* settings (streams.kafka_clients.client_config)."""
+    KAFKA_SASL_* and KAFKA_SSL_* settings (core.kafka_clients.client_config)."""
     return client_config(Settings(kafka_bootstrap_servers=bootstrap), **options)
 
 
@@ -186,13 +186,13 @@ def run_faust(args: argparse.Namespace) -> None:
 
     from schemas import register_faust_codecs
     from schemas.faust_codec import codec_name
-    from streams.faust_fixes import FixedApp
+    from streams.runtime.faust_fixes import FixedApp
 
     catalog = SchemaCatalog.load()
     codec = build_codec(None, catalog)
     register_faust_codecs(codec, catalog)
 
-    class Utf8(codecs.Codec):  # streams/app.py's key codec
+    class Utf8(codecs.Codec):  # streams/runtime/app.py's key codec
         def _dumps(self, obj: Any) -> bytes:
             return obj.encode() if isinstance(obj, str) else bytes(obj)
 
@@ -203,9 +203,9 @@ def run_faust(args: argparse.Namespace) -> None:
     confluent = args.variant == "c"
     app_cls: Any = faust.App if confluent else FixedApp
     extra: dict[str, Any] = (
-        {} if confluent else {"TableManager": "streams.faust_fixes:FixedTableManager"}
+        {} if confluent else {"TableManager": "streams.runtime.faust_fixes:FixedTableManager"}
     )
-    # The settings of streams/app.py.
+    # The settings of streams/runtime/app.py.
     app = app_cls(
         args.group,
         broker=f"{'confluent' if confluent else 'kafka'}://{args.bootstrap}",
@@ -259,7 +259,7 @@ def run_faust(args: argparse.Namespace) -> None:
                     window.start(1)
                 if state["count"] >= args.count:
                     await finish()
-                await asyncio.sleep(0)  # as streams/lane_agents.py
+                await asyncio.sleep(0)  # as streams/runtime/lane_agents.py
 
     else:
 

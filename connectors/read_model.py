@@ -3,7 +3,7 @@
 Three tables, all derived from topics (so all of them can be rebuilt by replaying):
 
 - `notifications`: the latest state per notification. "Latest" is the highest-ranked status
-  (streams.lifecycle.rank), ties broken by occurred_at then event id, so the row does not
+  (core.lifecycle.rank), ties broken by occurred_at then event id, so the row does not
   depend on the order events arrive in.
 - `notification_events`: every status event once (keyed by its deterministic event id),
   with the topic position it was read from.

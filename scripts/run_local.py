@@ -27,15 +27,15 @@ import httpx  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 from confluent_kafka import Consumer, Producer  # noqa: E402
 
+from core.catalog import TopicCatalog  # noqa: E402
+from core.ids import notification_id  # noqa: E402
+from core.kafka_clients import client_config, producer_config  # noqa: E402
+from core.lanes import request_topic  # noqa: E402
+from core.lifecycle import FINAL_STATUSES  # noqa: E402
+from core.provision import provision  # noqa: E402
+from core.sealing import new_key  # noqa: E402
+from core.settings import get_settings  # noqa: E402
 from schemas import SchemaCatalog, build_codec  # noqa: E402
-from streams.catalog import TopicCatalog  # noqa: E402
-from streams.ids import notification_id  # noqa: E402
-from streams.kafka_clients import client_config, producer_config  # noqa: E402
-from streams.lanes import request_topic  # noqa: E402
-from streams.lifecycle import FINAL_STATUSES  # noqa: E402
-from streams.provision import provision  # noqa: E402
-from streams.sealing import new_key  # noqa: E402
-from streams.settings import get_settings  # noqa: E402
 
 SHIM_PORT = int(os.environ.get("SHIM_PORT", "8000"))
 # The local demo key, set here and only here (the library default has no keys): every child
@@ -255,7 +255,7 @@ def main() -> None:
     smtp.start()
     print(f"SMTP capture listening on 127.0.0.1:{settings.smtp_port}")
     python = sys.executable
-    # /metrics, /health and /ready of each worker part and the sink (streams/health.py).
+    # /metrics, /health and /ready of each worker part and the sink (core/health.py).
     base = int(os.environ.get("RUN_METRICS_BASE_PORT", "9461"))
     ports = {
         name: base + i for i, name in enumerate(("worker", "worker-bulk", "worker-status", "sink"))
@@ -263,7 +263,8 @@ def main() -> None:
     for name, port in ports.items():
         print(f"{name}: http://127.0.0.1:{port}/health, /ready, /metrics")
     children = [
-        # One worker per part (streams/parts.py): a marketing blast never delays a password reset.
+        # One worker per part (streams/runtime/parts.py): a marketing blast never delays a
+        # password reset.
         start(
             "worker",
             [python, "-m", "streams", "worker", "-l", "info"],
@@ -286,7 +287,7 @@ def main() -> None:
             [python, "-m", "streams", "worker", "-l", "info"],
             log_dir,
             # Status, batches, receipts, status webhooks: every status event, apart from
-            # the transactional lane (streams/parts.py).
+            # the transactional lane (streams/runtime/parts.py).
             {
                 "WORKER_LANE": "status",
                 "METRICS_PORT": str(ports["worker-status"]),

@@ -1,6 +1,6 @@
 """Start a worker: `python -m streams worker -l info`.
 
-Refuses to start while any topic of topics.yaml is missing (run `python -m streams.provision`).
+Refuses to start while any topic of topics.yaml is missing (run `python -m core.provision`).
 """
 
 from __future__ import annotations
@@ -9,20 +9,20 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from streams.parts import runs_stage_feeders, runs_status_flows, served_lanes
-from streams.provision import provision
-from streams.settings import Settings, get_settings
+from core.provision import provision
+from core.settings import Settings, get_settings
+from streams.runtime.parts import runs_stage_feeders, runs_status_flows, served_lanes
 
 if TYPE_CHECKING:
     import faust
 
 
 def serve_health(app: faust.App, settings: Settings) -> None:
-    """/metrics, /health and /ready on METRICS_PORT (streams/health.py). The loop is the one
+    """/metrics, /health and /ready on METRICS_PORT (core/health.py). The loop is the one
     Faust's worker will run (mode's get_event_loop, as mode.Service.loop uses)."""
     from mode.utils.loops import get_event_loop
 
-    from streams.health import Health, LoopHeartbeat, serve
+    from core.health import Health, LoopHeartbeat, serve
 
     def group() -> str | None:
         if app.rebalancing_count == 0:
@@ -43,24 +43,35 @@ def main() -> None:
         sys.exit(
             "refusing to start: these topics are missing: "
             + ", ".join(missing)
-            + "\ncreate them with: python -m streams.provision"
+            + "\ncreate them with: python -m core.provision"
         )
     settings = get_settings()
 
     # Importing a module registers its agents (and declares its tables), so a worker
-    # imports only the modules of the parts it runs (streams/parts.py).
+    # imports only the modules of the parts it runs (streams/runtime/parts.py).
     if served_lanes(settings):
-        from streams import deliver, enrich, render, request, route  # noqa: F401
+        from streams.stages import (
+            deliver,  # noqa: F401
+            enrich,  # noqa: F401
+            render,  # noqa: F401
+            request,  # noqa: F401
+            route,  # noqa: F401
+        )
     if runs_stage_feeders(settings):
-        from streams import retry, scheduler, triggers  # noqa: F401
+        from streams.delivery import retry  # noqa: F401
+        from streams.state import scheduler  # noqa: F401
+        from streams.triggers import agents as triggers  # noqa: F401
     if runs_status_flows(settings):
-        from streams import batches, receipts, status, status_webhooks  # noqa: F401
+        from streams import receipts  # noqa: F401
+        from streams.stages import status  # noqa: F401
+        from streams.state import batches  # noqa: F401
+        from streams.webhooks import agents as status_webhooks  # noqa: F401
 
     if settings.worker_lane == "bulk" and settings.bulk_worker_niceness:
         # Measured: sharing two cores with a bulk worker busy on a 20k backlog, a
         # transactional notification took up to 1.4 s; with the bulk worker niced, under 1 s.
         os.nice(settings.bulk_worker_niceness)
-    from streams.app import app
+    from streams.runtime.app import app
 
     if settings.metrics_port:
         serve_health(app, settings)

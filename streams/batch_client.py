@@ -30,10 +30,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from core.catalog import TopicCatalog
+from core.kafka_clients import producer_config
+from core.settings import Settings, get_settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import producer_config
-from streams.settings import Settings, get_settings
 
 TOPIC = "notifications.batches"
 _NAMESPACE = uuid.UUID("4b3c1a52-9d7e-4e0b-8a43-0f4d6b7f2c91")

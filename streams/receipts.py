@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from faust.types import EventT, StreamT
 
-from streams import metrics
-from streams.app import app, settings, table, topics
-from streams.events import Rejected, dead_letter, decode_or_dead_letter, guarded, now_ms
-from streams.events import outgoing_headers as child_headers
-from streams.expiry import Sweeper
-from streams.ids import status_event_id
-from streams.status import state_of
+from core.ids import status_event_id
+from streams.runtime import metrics
+from streams.runtime.app import app, settings, table, topics
+from streams.runtime.events import Rejected, dead_letter, decode_or_dead_letter, guarded, now_ms
+from streams.runtime.events import outgoing_headers as child_headers
+from streams.stages.status import state_of
+from streams.state.expiry import Sweeper
 
 STAGE = "receipt"
 RECEIPT_STATUSES = frozenset({"delivered", "bounced", "failed", "read"})

@@ -21,10 +21,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from core.catalog import TopicCatalog
+from core.kafka_clients import consumer_config, producer_config
+from core.settings import Settings, get_settings
 from schemas import Codec, DecodeError, RegistryUnavailableError, build_codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import consumer_config, producer_config
-from streams.settings import Settings, get_settings
 
 DEAD_LETTER_TOPIC = "notifications.dead-letter"
 REPLAY_HEADER = "x-replayed-from"

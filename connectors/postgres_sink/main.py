@@ -9,8 +9,8 @@ import threading
 from types import FrameType
 
 from connectors.postgres_sink.runner import SinkRunner
-from streams.health import Health, serve
-from streams.settings import get_settings
+from core.health import Health, serve
+from core.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:

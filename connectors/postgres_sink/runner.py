@@ -29,12 +29,12 @@ from sqlalchemy.exc import DataError, IntegrityError
 from connectors.postgres_sink import metrics
 from connectors.postgres_sink.writer import Batch, Record, write_batch
 from connectors.read_model import create_tables, make_engine
+from core.catalog import TopicCatalog
+from core.health import Check, Heartbeat
+from core.kafka_clients import consumer_config
+from core.lifecycle import rank
+from core.settings import Settings
 from schemas import Codec, DecodeError, RegistryUnavailableError, SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.health import Check, Heartbeat
-from streams.kafka_clients import consumer_config
-from streams.lifecycle import rank
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class SinkRunner:
         self.write_failure: str | None = None  # why the last database write failed, if it did
 
     def checks(self) -> dict[str, Check]:
-        """Readiness (streams/health.py): partitions assigned, database writes succeeding."""
+        """Readiness (core/health.py): partitions assigned, database writes succeeding."""
         return {
             "partitions": lambda: None if self.assigned.is_set() else "no partitions yet",
             "database": lambda: self.write_failure,

@@ -29,7 +29,7 @@ from connectors.read_model import (
     notifications,
     webhook_deliveries,
 )
-from streams.lifecycle import rank
+from core.lifecycle import rank
 
 
 @dataclass(frozen=True)

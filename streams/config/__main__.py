@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from core.catalog import TopicCatalog
+from core.settings import Settings, get_settings
 from schemas import Codec, build_codec
-from streams import templates
-from streams.catalog import TopicCatalog
 from streams.config.apply import apply, current_state, delete, reseal
 from streams.config.kinds import KINDS, SEED_SECTIONS, ConfigError, kind
 from streams.config.records import as_list, load_file, normalise
-from streams.settings import Settings, get_settings
+from streams.content import templates
 
 SEED_FILE = Path(__file__).resolve().parent / "seed.yaml"
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.catalog import TopicCatalog
+from core.sealing import SealingError, SecretBox
+from core.settings import Settings
 from schemas import Codec
-from streams.catalog import TopicCatalog
 from streams.config.kafka import Writer, read_compacted
 from streams.config.kinds import ConfigError, Kind
 from streams.config.kinds import kind as kind_named
 from streams.config.records import comparable, normalise
-from streams.sealing import SealingError, SecretBox
-from streams.settings import Settings
 
 
 @dataclass

@@ -14,10 +14,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.catalog import TopicCatalog
+from core.catalog import TopicCatalog
+from core.kafka_clients import consumer_config, producer_config
+from core.settings import Settings
 from streams.config.kinds import ConfigError
-from streams.kafka_clients import consumer_config, producer_config
-from streams.settings import Settings
 
 READ_TIMEOUT_SECONDS = 60.0
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from core.sealing import SealingError, SecretBox
 from schemas import Codec, RecordValidationError
 from streams.config.kinds import ConfigError, Kind
-from streams.sealing import SealingError, SecretBox
 
 # Written by the CLI on every change; not part of what makes two records "the same".
 VOLATILE_FIELDS = ("updated_at",)
@@ -69,7 +69,7 @@ def seal_secrets(record: dict[str, Any], box: SecretBox | None, where: str) -> d
     if box is None:
         raise ConfigError(
             f"{where}: provider secrets need PROVIDER_SECRETS_KEY to seal them "
-            "(python -c 'from streams.sealing import new_key; print(new_key())')"
+            "(python -c 'from core.sealing import new_key; print(new_key())')"
         )
     plain = {
         name: value if isinstance(value, str) else json.dumps(value)

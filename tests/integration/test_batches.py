@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from core.ids import notification_id
 from streams.batch_client import BatchClient, request_id_for
-from streams.ids import notification_id
 from tests.integration.conftest import now_ms
 from tests.support import requests
 from tests.support.pipeline import REPO, Pipeline, wait_until
@@ -257,7 +257,7 @@ def test_a_killed_worker_recovers_the_batch_and_completes_it_once(
         return sum(1 for nid in ids if nid in received)
 
     # Killed at the first email: the later stages have usually committed nothing yet, the
-    # case where a restarted worker once skipped 9 to 170 of these (streams/faust_fixes.py).
+    # case where a restarted worker once skipped 9 to 170 of these (streams/runtime/faust_fixes.py).
     wait_until(lambda: pipeline.assert_alive() or sent() >= 1, 120, "the first email")
     pipeline.worker.stop(signal.SIGKILL)
     assert sent() < 200, "the batch finished before the worker was killed"

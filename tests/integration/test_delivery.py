@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from connectors.webhook import verify
-from streams.ids import notification_id
-from streams.sealing import SecretBox, new_key
+from core.ids import notification_id
+from core.sealing import SecretBox, new_key
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.ports import free_port

@@ -28,11 +28,11 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import admin_config, consumer_config, producer_config
-from streams.provision import provision
-from streams.replicated import ReplicatedView
-from streams.settings import Settings
+from core.catalog import TopicCatalog
+from core.kafka_clients import admin_config, consumer_config, producer_config
+from core.provision import provision
+from core.settings import Settings
+from streams.runtime.replicated import ReplicatedView
 from tests.support.pipeline import Process, wait_until
 from tests.support.sasl_kafka import PASSWORDS, SaslKafka
 
@@ -70,7 +70,7 @@ def shim_settings(broker: SaslKafka) -> Settings:
 
 @pytest.fixture(scope="module")
 def provisioned(broker: SaslKafka) -> SaslKafka:
-    """Every topic, created through streams.provision as the admin; the documented ACLs."""
+    """Every topic, created through core.provision as the admin; the documented ACLs."""
     admin_settings = as_user(broker, "admin")
     report = provision(admin_settings)
     assert API_KEYS in report.created
@@ -147,7 +147,7 @@ def test_the_shim_principal_writes_config_and_a_worker_reads_it(provisioned: Sas
     assert read_all(worker, API_KEYS)[key] == b'{"scopes": ["send"]}'
 
     async def replicated() -> dict[str, Any] | None:
-        # aiokafka, with the credentials a worker's Faust app gets (streams.kafka_auth).
+        # aiokafka, with the credentials a worker's Faust app gets (core.kafka_auth).
         partitions = TopicCatalog.load(worker)["config.api-keys"].partitions
         view = ReplicatedView(worker, API_KEYS, partitions, json.loads)
         view.start()
@@ -180,7 +180,7 @@ def test_clients_without_the_right_credentials_are_refused(
 
 
 def test_a_worker_joins_its_group_through_sasl(provisioned: SaslKafka, tmp_path: Path) -> None:
-    """The Faust app (streams.app's broker_credentials) authenticates: a broker with no
+    """The Faust app (streams.runtime.app's broker_credentials) authenticates: a broker with no
     PLAINTEXT listener would never see it join otherwise."""
     admin = AdminClient(admin_config(as_user(provisioned, "admin")))
     group = as_user(provisioned, "admin").full_app_id

@@ -2,7 +2,8 @@
 
 Buckets live in each worker process. With the lanes split (make run, compose), each lane's
 deliver stage used to spend the whole limit, so a tenant sending on both lanes got up to
-twice its rate. Now each lane spends its share (BULK_RATE_SHARE, streams.deliver.lane_budget).
+twice its rate. Now each lane spends its share (BULK_RATE_SHARE,
+streams.stages.deliver.lane_budget).
 Measured through the deliver stage of two real lane processes, from the times the deliver
 stage handed each notification over.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.support.pipeline import Pipeline
 from tests.support.requests import request_record
 from tests.support.smtp import SmtpCapture

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.requests import request_record
 from tests.support.smtp import SmtpCapture

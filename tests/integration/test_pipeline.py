@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer
 
-from streams.ids import expected_partition, notification_id
+from core.ids import expected_partition, notification_id
 from tests.integration.conftest import now_ms
 from tests.support import requests
 from tests.support.pipeline import Pipeline, wait_until
@@ -368,7 +368,7 @@ def test_preferences_on_the_wrong_partition_are_dead_lettered_with_the_fix(
     pipeline: Pipeline,
 ) -> None:
     """A producer with librdkafka's default partitioner breaks co-partitioning: say so."""
-    from streams.ids import expected_partition
+    from core.ids import expected_partition
 
     key = "acme:misplaced"
     wrong = (expected_partition(key, 4) + 1) % 4

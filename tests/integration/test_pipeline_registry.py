@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from core.ids import notification_id
 from schemas import SchemaCatalog, build_codec
-from streams.ids import notification_id
 from tests.integration.test_pipeline import HEADERS, request_record, shim_body
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.integration.conftest import now_ms
 from tests.support.pipeline import Pipeline, wait_materialised
 from tests.support.requests import request_record

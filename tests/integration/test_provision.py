@@ -10,9 +10,9 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from streams.catalog import TopicCatalog, every_group_catalog
-from streams.provision import existing_partitions, provision
-from streams.settings import Settings
+from core.catalog import TopicCatalog, every_group_catalog
+from core.provision import existing_partitions, provision
+from core.settings import Settings
 from tests.support.pipeline import REPO
 
 pytestmark = pytest.mark.integration
@@ -78,4 +78,4 @@ def test_worker_refuses_to_start_while_topics_are_missing(kafka_bootstrap: str) 
     assert result.returncode != 0
     assert "refusing to start: these topics are missing" in result.stderr
     assert settings.topic("notifications.requests") in result.stderr
-    assert "python -m streams.provision" in result.stderr
+    assert "python -m core.provision" in result.stderr

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.integration.test_pipeline import request_record, sink_states
 from tests.support.pipeline import Pipeline, Process, wait_until
 from tests.support.ports import free_port

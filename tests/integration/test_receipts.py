@@ -12,7 +12,7 @@ import pytest
 
 from connectors.receipts import receipt_record
 from connectors.sendgrid import parse_receipts
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.requests import request_record
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from streams.kafka_clients import consumer_config
+from core.kafka_clients import consumer_config
 from streams.replay import Selection, dead_letter_ranges, read_range
 from tests.integration.conftest import now_ms
 from tests.support.pipeline import REPO, Pipeline
@@ -74,7 +74,8 @@ class DeadLetters:
         )
 
     def record(self, name: str, source: str, key: str, value: bytes | None, **fields: Any) -> None:
-        """A DeadLetter as `streams.events.dead_letter` writes it, keyed by the original key."""
+        """A DeadLetter as `streams.runtime.events.dead_letter` writes it, keyed by the
+        original key."""
         record = {
             "stage": "request",
             "source_topic": self.pipe.topics.name(source),

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from streams.ids import expected_partition
-from streams.retry import tier_for
+from core.ids import expected_partition
+from streams.delivery.retry import tier_for
 from tests.support.pipeline import Pipeline, Process, wait_until
 from tests.support.ports import free_port
 

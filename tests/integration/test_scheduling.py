@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.integration.conftest import now_ms
 from tests.support.pipeline import Pipeline, Process, wait_until
 from tests.support.ports import free_port

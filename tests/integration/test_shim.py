@@ -19,12 +19,12 @@ from fastapi.testclient import TestClient
 from api_shim.app import create_app
 from connectors.postgres_sink import SinkRunner
 from connectors.read_model import get_notification, make_engine
+from core.catalog import TopicCatalog
+from core.ids import status_event_id
+from core.kafka_clients import consumer_config, producer_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.ids import status_event_id
-from streams.kafka_clients import consumer_config, producer_config
-from streams.provision import provision
-from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from pydantic import SecretStr
 
 from api_shim.app import create_app
 from api_shim.auth import split_api_key
-from streams.catalog import TopicCatalog
+from core.catalog import TopicCatalog
+from core.sealing import SecretBox, new_key
+from core.settings import Settings
 from streams.config.apply import provider_box, reseal
-from streams.sealing import SecretBox, new_key
-from streams.settings import Settings
 from tests.support.jwks import Issuer
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.ports import free_port

@@ -20,11 +20,11 @@ from openapi_spec_validator import validate
 
 from api_shim.app import create_app
 from api_shim.auth import new_api_key
+from core.catalog import TopicCatalog
+from core.kafka_clients import producer_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import producer_config
-from streams.provision import provision
-from streams.settings import Settings
 from tests.support.http_peer import Reply
 from tests.support.jwks import Issuer, new_key
 

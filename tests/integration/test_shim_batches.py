@@ -22,14 +22,14 @@ from fastapi.testclient import TestClient
 from api_shim.app import create_app
 from api_shim.auth import new_api_key
 from connectors.postgres_sink import SinkRunner
+from core.catalog import TopicCatalog
+from core.ids import notification_id, status_event_id
+from core.kafka_clients import producer_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
 from streams.batch_client import request_id_for
-from streams.batches import chunk_rejection, command_rejection
-from streams.catalog import TopicCatalog
-from streams.ids import notification_id, status_event_id
-from streams.kafka_clients import producer_config
-from streams.provision import provision
-from streams.settings import Settings
+from streams.state.batches import chunk_rejection, command_rejection
 from tests.support.pipeline import wait_until
 from tests.support.topic_tail import Produced, TopicTail
 

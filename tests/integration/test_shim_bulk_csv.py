@@ -18,12 +18,12 @@ import pytest
 from confluent_kafka import Producer
 
 from api_shim.auth import new_api_key
+from core.catalog import TopicCatalog
+from core.kafka_clients import producer_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
 from streams.batch_client import command_id_for
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import producer_config
-from streams.provision import provision
-from streams.settings import Settings
 from tests.support.pipeline import wait_until
 from tests.support.shim_server import ShimServer
 from tests.support.topic_tail import Produced, TopicTail

@@ -39,7 +39,7 @@ MAX_EXAMPLES = int(os.environ.get("CONTRACT_MAX_EXAMPLES", "8"))
 def contract_pipeline(
     kafka_bootstrap: str, fresh_database: str, smtp: SmtpCapture, log_dir: Path
 ) -> Iterator[Pipeline]:
-    from streams.sealing import new_key
+    from core.sealing import new_key
 
     pipe = Pipeline(
         bootstrap=kafka_bootstrap,

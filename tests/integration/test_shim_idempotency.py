@@ -22,12 +22,12 @@ from api_shim.app import create_app
 from api_shim.models import MAX_RECIPIENTS, Channel
 from connectors.postgres_sink import SinkRunner
 from connectors.read_model import make_engine, user_unread_count
+from core.catalog import TopicCatalog
+from core.ids import status_event_id
+from core.kafka_clients import producer_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.ids import status_event_id
-from streams.kafka_clients import producer_config
-from streams.provision import provision
-from streams.settings import Settings
 from tests.support.jwks import Issuer
 from tests.support.pipeline import wait_until
 

@@ -40,12 +40,12 @@ from pydantic import SecretStr
 
 from api_shim import inbound_sns
 from api_shim.app import create_app
+from core.catalog import TopicCatalog
+from core.kafka_clients import admin_config, consumer_config, producer_config
+from core.provision import provision
+from core.sealing import SecretBox, new_key
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import admin_config, consumer_config, producer_config
-from streams.provision import provision
-from streams.sealing import SecretBox, new_key
-from streams.settings import Settings
 from tests.support.pipeline import Process, wait_until
 from tests.support.ports import free_port
 

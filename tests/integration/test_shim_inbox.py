@@ -26,12 +26,12 @@ from api_shim.app import create_app
 from api_shim.me_models import Category, NotificationStatus
 from connectors.postgres_sink import SinkRunner
 from connectors.read_model import create_tables, inbox, make_engine, notifications
+from core.catalog import TopicCatalog
+from core.ids import expected_partition, status_event_id
+from core.kafka_clients import producer_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.ids import expected_partition, status_event_id
-from streams.kafka_clients import producer_config
-from streams.provision import provision
-from streams.settings import Settings
 from tests.support.jwks import Issuer, new_key
 
 pytestmark = pytest.mark.integration

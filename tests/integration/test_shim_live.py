@@ -22,11 +22,11 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
+from core.catalog import TopicCatalog
+from core.ids import expected_partition
+from core.kafka_clients import producer_config
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.ids import expected_partition
-from streams.kafka_clients import producer_config
-from streams.settings import Settings
 from tests.support.jwks import Issuer
 from tests.support.pipeline import Pipeline
 from tests.support.shim_server import ShimServer

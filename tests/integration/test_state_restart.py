@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from core.ids import notification_id
 from streams.batch_client import BatchClient, request_id_for
-from streams.ids import notification_id
 from tests.integration.test_pipeline import request_record
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture

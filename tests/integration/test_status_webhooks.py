@@ -27,8 +27,8 @@ from pydantic import SecretStr
 
 from api_shim.app import create_app
 from api_shim.auth import new_api_key
-from streams.sealing import SecretBox, new_key
-from streams.webhook_rules import delivery_id, sealed_as
+from core.sealing import SecretBox, new_key
+from streams.webhooks.rules import delivery_id, sealed_as
 from tests.support.http_peer import HttpPeer, Recorded, Reply
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture

@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from core.catalog import TopicCatalog
+from core.kafka_clients import client_config
+from core.provision import provision
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import client_config
-from streams.provision import provision
-from streams.settings import Settings
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]

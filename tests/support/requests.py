@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from streams.ids import notification_id
+from core.ids import notification_id
 from tests.support.pipeline import Pipeline
 
 GREETING = {"subject": "Hello {{ name }}", "text": "Hi {{ name }}", "html": None}

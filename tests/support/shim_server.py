@@ -14,7 +14,7 @@ import threading
 import uvicorn
 
 from api_shim.app import create_app
-from streams.settings import Settings
+from core.settings import Settings
 from tests.support.pipeline import wait_until
 from tests.support.ports import free_port
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from core.catalog import TopicCatalog
+from core.kafka_clients import consumer_config
+from core.settings import Settings
 from schemas import Codec
-from streams.catalog import TopicCatalog
-from streams.kafka_clients import consumer_config
-from streams.settings import Settings
 
 
 @dataclass(frozen=True)

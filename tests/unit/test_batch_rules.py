@@ -6,18 +6,19 @@ from typing import Any
 
 import pytest
 
+from core.lifecycle import rank
 from streams.batch_client import build_command, chunks, read_jsonl, request_id_for, token_sha256
-from streams.batches import (
+from streams.state.batches import (
+    apply_member,
     chunk_rejection,
     command_rejection,
     expected_total,
     forwarded_requests,
     is_complete,
     notification_count,
+    shard_totals,
     token_matches,
 )
-from streams.lifecycle import rank
-from streams.status import apply_member, shard_totals
 
 TOKEN = "s3cret-token"
 

@@ -14,7 +14,7 @@ from schemas import build_codec
 from streams.config.__main__ import SEED_FILE, main
 from streams.config.kinds import KINDS, SEED_SECTIONS, ConfigError, kind
 from streams.config.records import comparable, load_file, normalise
-from streams.templates import preview
+from streams.content.templates import preview
 
 CODEC = build_codec(None)
 

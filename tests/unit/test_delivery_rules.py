@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from streams.breakers import BreakerPolicy, CircuitBreaker
-from streams.fallback import fallback_notification
-from streams.providers import candidate_ids, foreign_override
-from streams.rate_limits import MIN_RATE_PER_SEC, RateLimits, TokenBucket, parse_rate
-from streams.retry import backoff_seconds, tier_for
-from streams.sealing import SealingError, SecretBox, new_key
+from core.rate_limits import MIN_RATE_PER_SEC, RateLimits, TokenBucket, parse_rate
+from core.sealing import SealingError, SecretBox, new_key
+from streams.delivery.breakers import BreakerPolicy, CircuitBreaker
+from streams.delivery.fallback import fallback_notification
+from streams.delivery.providers import candidate_ids, foreign_override
+from streams.delivery.retry import backoff_seconds, tier_for
 
 
 def config(

@@ -1,4 +1,4 @@
-"""streams/health.py over real HTTP: liveness follows the loop, readiness names its checks."""
+"""core/health.py over real HTTP: liveness follows the loop, readiness names its checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from streams.health import Health, Heartbeat, LoopHeartbeat, serve
+from core.health import Health, Heartbeat, LoopHeartbeat, serve
 from tests.support.ports import free_port
 
 

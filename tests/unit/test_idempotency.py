@@ -18,9 +18,9 @@ from api_shim.idempotency import MAX_KEPT_BODY_BYTES, TOPIC, Packing, _kept, _re
 from api_shim.idempotency_view import TTL_MS, AnswerView
 from api_shim.producer import ProduceError
 from connectors.read_model import make_engine
+from core.catalog import TopicCatalog
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.catalog import TopicCatalog
-from streams.settings import Settings
 
 SETTINGS = Settings(
     shim_api_keys={"key-a": "tenant-a"},

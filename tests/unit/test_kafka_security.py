@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from streams.kafka_auth import aiokafka_config, faust_credentials
-from streams.kafka_clients import admin_config, client_config, consumer_config, producer_config
-from streams.settings import Settings
+from core.kafka_auth import aiokafka_config, faust_credentials
+from core.kafka_clients import admin_config, client_config, consumer_config, producer_config
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SASL_SSL = {
@@ -111,13 +111,15 @@ def test_sasl_ssl_reaches_faust_and_aiokafka() -> None:
 
 
 def test_the_worker_app_and_its_views_are_built_with_the_credentials() -> None:
-    """Imports streams.app in a fresh interpreter with SASL_SSL in the environment."""
+    """Imports streams.runtime.app in a fresh interpreter with SASL_SSL in the environment."""
     code = """
 import json
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-from streams import config_views, triggers, webhook_subscriptions
-from streams.app import app
-from streams.kafka_auth import aiokafka_config
+from streams.runtime import config_views
+from streams.triggers import agents as triggers
+from streams.webhooks import subscriptions as webhook_subscriptions
+from streams.runtime.app import app
+from core.kafka_auth import aiokafka_config
 
 auth = credentials_to_aiokafka_auth(app.conf.broker_credentials)
 views = [*config_views.ALL_VIEWS, triggers._rules_view, webhook_subscriptions.view]
@@ -222,7 +224,7 @@ SHARED = {
 }  # fmt: skip
 # Calls whose options are built by their caller (checked at that caller's call site).
 WRAPPERS = {("api_shim/producer.py", "Producer")}
-SCANNED = ("streams", "connectors", "api_shim", "scripts", "bench", "tests/support")
+SCANNED = ("core", "streams", "connectors", "api_shim", "scripts", "bench", "tests/support")
 
 
 def _name(node: ast.expr) -> str | None:
@@ -285,7 +287,7 @@ def test_the_call_site_check_catches_a_client_that_bypasses_them() -> None:
     source = """
 from confluent_kafka import Consumer, Producer
 import faust
-from streams.kafka_clients import client_config, producer_config
+from core.kafka_clients import client_config, producer_config
 ok = Producer(producer_config(settings))
 cfg = producer_config(settings)
 also_ok = Producer(cfg)

@@ -11,7 +11,7 @@ from api_shim.auth import Principal
 from api_shim.errors import TooManyRequests, Unavailable
 from api_shim.live import replay_start
 from api_shim.live_slots import StreamSlots
-from streams.settings import Settings
+from core.settings import Settings
 
 SETTINGS = Settings(
     shim_sse_max_streams=4,

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams import frequency
-from streams import preferences as rules
+from streams.state import frequency
+from streams.state import preferences as rules
 
 
 def prefs(**overrides: Any) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from streams.catalog import TopicCatalog
+from core.catalog import TopicCatalog
+from core.settings import Settings
 from streams.replay import Selection, describe, parse_args, parse_time
-from streams.settings import Settings
 
 SETTINGS = Settings(topic_prefix="p.")
 CATALOG = TopicCatalog.load(SETTINGS)

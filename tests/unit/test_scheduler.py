@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from streams.digests import (
+from core.ids import digest_id
+from streams.state.digests import (
     digest_notification,
     is_full,
     planned_flush,
     rule_problem,
     window_key,
 )
-from streams.ids import digest_id
-from streams.scheduler import FLUSH, RELEASE, DueIndex
+from streams.state.scheduler import FLUSH, RELEASE, DueIndex
 
 
 def rule(**overrides: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.settings import Settings
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

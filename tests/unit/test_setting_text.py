@@ -10,7 +10,7 @@ import pytest
 from connectors.egress import Egress
 from connectors.registry import PROVIDERS
 from connectors.setting_text import setting_from_text
-from streams.providers import ProviderPool
+from streams.delivery.providers import ProviderPool
 
 SENDGRID = PROVIDERS["sendgrid"].config_model
 APPRISE = PROVIDERS["apprise"].config_model

@@ -19,9 +19,9 @@ from api_shim.app import create_app
 from api_shim.models import MAX_RECIPIENTS, Channel, Priority
 from api_shim.producer import ProduceError, ProduceTimeout
 from connectors.read_model import make_engine
+from core.ids import notification_id
+from core.settings import Settings
 from schemas import SchemaCatalog, build_codec
-from streams.ids import notification_id
-from streams.settings import Settings
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 KEY = {"X-API-Key": "key-a"}

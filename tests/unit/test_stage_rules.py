@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from streams.enrich import enrich, resolve_address, suppression_reason
-from streams.events import Rejected
-from streams.fanout import fan_out
-from streams.lifecycle import rank, supersedes
-from streams.render import RenderError, render
-from streams.request import validate
+from core.lifecycle import rank, supersedes
+from streams.runtime.events import Rejected
+from streams.stages.enrich import enrich, resolve_address, suppression_reason
+from streams.stages.render import RenderError, render
+from streams.stages.request import validate
+from streams.state.fanout import fan_out
 
 
 def request(**overrides: Any) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def test_latest_state_is_the_highest_rank() -> None:
 
 async def test_transient_errors_retry_the_handler_instead_of_dead_lettering() -> None:
     from schemas import RegistryUnavailableError
-    from streams.events import guarded
+    from streams.runtime.events import guarded
 
     calls: list[int] = []
 

@@ -14,11 +14,11 @@ import pytest
 
 from connectors.egress import Egress, guarded_client
 from connectors.webhook import verify
+from core.sealing import SealingError, SecretBox, new_key
 from schemas import SchemaCatalog, build_codec
-from streams.retry import tier_for
-from streams.sealing import SealingError, SecretBox, new_key
-from streams.webhook_retry import Next, next_step
-from streams.webhook_rules import (
+from streams.delivery.retry import tier_for
+from streams.webhooks.retry import Next, next_step
+from streams.webhooks.rules import (
     RESPONSE_EXCERPT_CHARS,
     Answer,
     body,
@@ -32,7 +32,7 @@ from streams.webhook_rules import (
     secrets_to_seal,
     signing_secrets,
 )
-from streams.webhook_sender import post
+from streams.webhooks.sender import post
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.ports import free_port
 

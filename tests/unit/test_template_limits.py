@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from streams import render
-from streams.template_limits import Limits
-from streams.templates import TemplateRenderError, preview, render_content
+from streams.content.template_limits import Limits
+from streams.content.templates import TemplateRenderError, preview, render_content
+from streams.stages import render
 
 LIMITS = Limits(max_output_chars=1_000_000, budget_seconds=1.0)
 LOOP_30M = "{% for a in range(6000) %}{% for b in range(5000) %}{% endfor %}{% endfor %}"

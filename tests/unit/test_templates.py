@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.templates import TemplateIndex, choose_content, locale_chain, preview
+from streams.content.templates import TemplateIndex, choose_content, locale_chain, preview
 
 
 def template(version: int = 1, state: str = "published", **extra: Any) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.catalog import TopicCatalog
-from streams.settings import Settings
-from streams.trigger_rules import (
+from core.catalog import TopicCatalog
+from core.settings import Settings
+from streams.triggers.rules import (
     MISSING,
     REPO,
     TriggerConfigError,

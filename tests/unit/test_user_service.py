@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.user_service import UserServiceClient
+from streams.state.user_service import UserServiceClient
 from tests.support.user_service import UserServicePeer
 
 

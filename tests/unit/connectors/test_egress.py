@@ -33,7 +33,7 @@ from connectors.registry import PROVIDERS
 from connectors.sendgrid import SendGridConfig, SendGridConnector
 from connectors.smtp import SmtpConfig, SmtpConnector
 from connectors.webhook import WebhookConfig, WebhookConnector, check_target
-from streams.webhook_sender import post
+from streams.webhooks.sender import post
 from tests.support.http_peer import HttpPeer, Reply
 from tests.support.ports import free_port
 from tests.support.provider_cases import TEST_TIMEOUT_SECONDS, message
@@ -334,7 +334,7 @@ async def test_a_local_webhook_receivers_body_is_not_in_the_reason(peer: HttpPee
 
 
 def test_private_targets_are_refused_unless_the_operator_says_otherwise() -> None:
-    from streams.settings import Settings
+    from core.settings import Settings
 
     assert Egress().allow_private is False
     assert Settings.model_fields["webhook_allow_private_targets"].default is False

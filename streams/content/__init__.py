@@ -1,0 +1,1 @@
+"""Templates and the limits every render runs under."""

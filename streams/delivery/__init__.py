@@ -1,0 +1,1 @@
+"""Sending: providers and their order, circuit breakers, fallback, the retry tiers."""

@@ -1,0 +1,194 @@
+"""What every stage does besides its own job: decode, emit status, dead-letter, trace."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from faust.types import EventT
+
+from core import tracing
+from core.ids import status_event_id
+from schemas import RegistryUnavailableError, SchemaError
+from streams.runtime import metrics
+from streams.runtime.app import codec, topics
+from streams.runtime.config_views import ViewsNotReady
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Rejected(Exception):
+    """A message that decodes but cannot be processed; it goes to the dead-letter topic."""
+
+
+def decode(event: EventT, schema_name: str) -> dict[str, Any]:
+    """Decode a raw event value; raises SchemaError for bytes no schema can read."""
+    value = event.value
+    if not isinstance(value, bytes | bytearray):
+        raise Rejected(f"expected Avro bytes, got {type(value).__name__}")
+    return codec.decode(bytes(value), schema_name)
+
+
+async def decode_or_dead_letter(
+    event: EventT, schema_name: str, stage: str
+) -> dict[str, Any] | None:
+    """The decoded value, or None after dead-lettering a message no schema can read."""
+    try:
+        return decode(event, schema_name)
+    except RegistryUnavailableError:
+        raise  # transient: `guarded` retries
+    except (SchemaError, Rejected) as exc:
+        await dead_letter(event, stage=stage, error=exc)
+        return None
+
+
+def outgoing_headers(event: EventT) -> dict[str, bytes]:
+    """Headers to put on messages produced while processing `event` (trace context)."""
+    return tracing.child_headers(event.headers)
+
+
+async def emit_status(
+    notification: dict[str, Any],
+    status: str,
+    *,
+    stage: str,
+    headers: dict[str, bytes],
+    reason: str | None = None,
+    retriable: bool = False,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    deferred_until: int | None = None,
+) -> None:
+    """Append one transition to notifications.status, keyed by notification id."""
+    attempt = notification.get("attempt", 0)
+    record = {
+        "event_id": status_event_id(
+            notification["notification_id"], status, attempt, str(deferred_until or "")
+        ),
+        "notification_id": notification["notification_id"],
+        "request_id": notification["request_id"],
+        "tenant_id": notification["tenant_id"],
+        "batch_id": notification.get("batch_id"),
+        "channel": notification.get("channel"),
+        "recipient_id": (notification.get("recipient") or {}).get("user_id"),
+        "status": status,
+        "reason": reason,
+        "retriable": retriable,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "stage": stage,
+        "attempt": attempt,
+        "deferred_until": deferred_until,
+        "request_occurred_at": notification["occurred_at"],
+        "occurred_at": now_ms(),
+    }
+    metrics.status_emitted(stage, status)
+    await topics.sink("notifications.status").send(
+        key=notification["notification_id"], value=record, headers=headers
+    )
+
+
+def _raw(value: Any) -> bytes | None:
+    return value if isinstance(value, bytes) else None
+
+
+async def dead_letter(
+    event: EventT,
+    *,
+    stage: str,
+    error: BaseException,
+    tenant_id: str | None = None,
+    notification_id: str | None = None,
+    error_history: list[str] | None = None,
+    source_topic: str | None = None,
+    value: bytes | None = None,
+) -> None:
+    """Park a message with its error; the partition moves on.
+
+    `source_topic` and `value` replace the consumed message's own, for stages that park a
+    cleaned-up copy where a replay should send it (deliver: its delivery topic, attempts reset).
+    """
+    message = event.message
+    log.warning(
+        "dead-lettering %s[%s]@%s in %s: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        stage,
+        error,
+        extra={"tenant_id": tenant_id, "notification_id": notification_id},
+    )
+    raw_key = message.key
+    record = {
+        "stage": stage,
+        "source_topic": source_topic or message.topic,
+        "source_partition": message.partition,
+        "source_offset": message.offset,
+        "key": raw_key if isinstance(raw_key, bytes) else None,
+        "value": value if value is not None else _raw(message.value),
+        "error_type": type(error).__name__,
+        "error": str(error)[:4000],
+        "tenant_id": tenant_id,
+        "notification_id": notification_id,
+        "failed_at": now_ms(),
+        "error_history": error_history or [],
+    }
+    metrics.dead_lettered(stage, type(error).__name__)
+    await topics.sink("notifications.dead-letter").send(
+        key=event.key if isinstance(event.key, str) else None,
+        value=record,
+        headers=outgoing_headers(event),
+    )
+
+
+# Infrastructure that is down, not a bad message: wait for it rather than park the message.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    RegistryUnavailableError,
+    KafkaError,
+    ViewsNotReady,
+)
+MAX_BACKOFF_SECONDS = 30.0
+
+
+async def guarded(stage: str, event: EventT, handler: Any) -> None:
+    """Run a stage's handler; an unexpected error dead-letters the message, never the agent.
+
+    The handlers catch what they expect (decode and validation errors). A transient
+    infrastructure error (schema registry or Kafka unreachable) retries the handler with
+    backoff, holding the partition: handlers are idempotent, and parking every message
+    while the registry is down would empty the pipeline into the dead-letter topic.
+    Anything else is a bug or a malformed message no rule foresaw: park it with its error
+    so the partition keeps moving and an operator can replay it after a fix.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await handler(event)
+            return
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s: %s; retrying in %.1fs", stage, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+        except Exception as exc:
+            log.exception("unexpected error in %s", stage)
+            await dead_letter(event, stage=stage, error=exc)
+            return
+
+
+__all__ = [
+    "Rejected",
+    "SchemaError",
+    "dead_letter",
+    "decode",
+    "emit_status",
+    "guarded",
+    "now_ms",
+    "outgoing_headers",
+]

@@ -1,0 +1,1 @@
+"""Trigger rules: events on upstream topics that become notification requests."""

@@ -1,0 +1,1 @@
+"""Status webhooks: subscriptions, what each one receives, signing, sending and retries."""
