@@ -35,6 +35,7 @@ from api_shim.views import CompactedView
 from connectors.read_model import create_tables, make_engine
 from core.catalog import TopicCatalog
 from core.kafka_clients import producer_config
+from core.logs import configure, log_format, route_to_root
 from core.rate_limits import RateLimits
 from core.settings import Settings, get_settings
 from schemas import Codec, SchemaCatalog, build_codec
@@ -85,6 +86,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if log_format() == "json":
+            # uvicorn set up its own loggers before importing the app: take them over.
+            configure(settings.log_level, "json")
+            route_to_root("uvicorn", "uvicorn.error", "uvicorn.access")
         state = app.state
         state.codec = codec or build_codec(settings.schema_registry_url, SchemaCatalog.load())
         state.engine = engine or make_engine(settings.database_url)

@@ -50,7 +50,7 @@ _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _SPANS_EXPORTED = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def _header_text(incoming: HeadersIn, name: str) -> str | None:
+def header_text(incoming: HeadersIn, name: str) -> str | None:
     if not incoming:
         return None
     items = incoming.items() if isinstance(incoming, Mapping) else incoming
@@ -63,7 +63,7 @@ def _header_text(incoming: HeadersIn, name: str) -> str | None:
 
 
 def _direct_child_headers(incoming: HeadersIn) -> dict[str, bytes]:
-    parent = _header_text(incoming, "traceparent")
+    parent = header_text(incoming, "traceparent")
     match = _TRACEPARENT.fullmatch(parent.strip()) if parent else None
     if match is None:
         return {"traceparent": new_traceparent().encode()}
@@ -73,7 +73,7 @@ def _direct_child_headers(incoming: HeadersIn) -> dict[str, bytes]:
         return {"traceparent": new_traceparent().encode()}
     sampled = "01" if int(flags, 16) & 1 else "00"  # the only flag level 1 defines
     out = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-{sampled}".encode()}
-    state = _header_text(incoming, "tracestate")
+    state = header_text(incoming, "tracestate")
     if state:
         out["tracestate"] = state.encode()
     return out

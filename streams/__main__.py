@@ -9,6 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from core.logs import log_format
 from core.provision import provision
 from core.settings import Settings, get_settings
 from streams.runtime.parts import runs_stage_feeders, runs_status_flows, served_lanes
@@ -82,6 +83,9 @@ def main() -> None:
         sys.argv.append("--without-web")
     else:
         sys.argv += ["--web-bind", "127.0.0.1", "--web-port", str(settings.worker_web_port)]
+
+    if log_format() == "json":
+        sys.argv.insert(1, "--quiet")  # no start-up banner among the JSON lines
 
     app.main()
 

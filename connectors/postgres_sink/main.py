@@ -10,6 +10,7 @@ from types import FrameType
 
 from connectors.postgres_sink.runner import SinkRunner
 from core.health import Health, serve
+from core.logs import configure
 from core.settings import get_settings
 
 
@@ -26,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure(settings.log_level)  # LOG_FORMAT=json: one JSON object per line
     runner = SinkRunner(settings)
     port = args.metrics_port or settings.metrics_port
     if port:

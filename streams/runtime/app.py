@@ -12,6 +12,7 @@ from faust.serializers import codecs
 
 from core.catalog import TopicCatalog
 from core.kafka_auth import faust_credentials
+from core.logs import dict_config, log_format
 from core.settings import get_settings
 from schemas import SchemaCatalog, build_codec, register_faust_codecs
 from schemas.faust_codec import codec_name
@@ -62,6 +63,8 @@ app = FixedApp(
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_seconds / 3),
     stream_buffer_maxsize=1024,
     TableManager="streams.runtime.faust_fixes:FixedTableManager",
+    # LOG_FORMAT=json: one JSON object per line; otherwise Faust's own (coloured on a terminal).
+    logging_config=dict_config("json", settings.log_level) if log_format() == "json" else None,
 )
 
 

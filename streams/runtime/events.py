@@ -12,6 +12,7 @@ from faust.types import EventT
 
 from core import tracing
 from core.ids import status_event_id
+from core.logs import processing, trace_id_of
 from schemas import RegistryUnavailableError, SchemaError
 from streams.runtime import metrics
 from streams.runtime.app import codec, topics
@@ -167,19 +168,21 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
     Anything else is a bug or a malformed message no rule foresaw: park it with its error
     so the partition keeps moving and an operator can replay it after a fix.
     """
-    delay = 0.5
-    while True:
-        try:
-            await handler(event)
-            return
-        except TRANSIENT_ERRORS as exc:
-            log.warning("%s: %s; retrying in %.1fs", stage, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-        except Exception as exc:
-            log.exception("unexpected error in %s", stage)
-            await dead_letter(event, stage=stage, error=exc)
-            return
+    trace_id = trace_id_of(tracing.header_text(event.headers, "traceparent"))
+    with processing(stage, trace_id):
+        delay = 0.5
+        while True:
+            try:
+                await handler(event)
+                return
+            except TRANSIENT_ERRORS as exc:
+                log.warning("%s: %s; retrying in %.1fs", stage, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+            except Exception as exc:
+                log.exception("unexpected error in %s", stage)
+                await dead_letter(event, stage=stage, error=exc)
+                return
 
 
 __all__ = [

@@ -62,11 +62,20 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(
-    kafka_bootstrap: str, fresh_database: str, smtp: SmtpCapture, log_dir: Path
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    fresh_database: str,
+    smtp: SmtpCapture,
+    log_dir: Path,
 ) -> Iterator[Pipeline]:
-    """The whole pipeline (worker, sink, shim) on uuid-prefixed topics, one per module."""
+    """The whole pipeline (worker, sink, shim) on uuid-prefixed topics, one per module; a
+    module's PIPELINE_ENV (a dict) is added to its processes' environment."""
     pipe = Pipeline(
-        bootstrap=kafka_bootstrap, database_url=fresh_database, smtp_port=smtp.port, log_dir=log_dir
+        bootstrap=kafka_bootstrap,
+        database_url=fresh_database,
+        smtp_port=smtp.port,
+        log_dir=log_dir,
+        extra_env=getattr(request.module, "PIPELINE_ENV", None),
     )
     pipe.start(shim=True)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 import uuid
 from typing import Any
@@ -19,6 +21,8 @@ from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture
 
 pytestmark = pytest.mark.integration
+# This module's worker, sink and shim log one JSON object per line (core/logs.py).
+PIPELINE_ENV = {"LOG_FORMAT": "json"}
 
 HEADERS = {"X-API-Key": "key-acme"}
 CONTENT = {
@@ -221,6 +225,33 @@ def test_malformed_request_is_dead_lettered_and_the_partition_moves_on(
         letter["error_type"] in {"CorruptMessageError", "UnknownSchemaError"} for letter in letters
     ), letters
     assert all(letter["error"] for letter in letters)
+
+
+def test_json_logs_carry_the_stage_and_the_trace_of_the_message(pipeline: Pipeline) -> None:
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01".encode()
+    pipeline.produce(
+        "notifications.requests", "acme:json-logs", b"\xc3\x01poison", {"traceparent": traceparent}
+    )
+    pipeline.flush()
+
+    def warning_line() -> str | None:
+        lines = pipeline.worker.log_path.read_text(errors="replace").splitlines()
+        return next((line for line in lines if trace_id in line), None)
+
+    record = json.loads(wait_until(warning_line, 60, "the dead-letter warning, traced"))
+    assert record["level"] == "warning" and "dead-lettering" in record["message"]
+    assert record["stage"] == "request" and record["trace_id"] == trace_id
+    assert record["logger"] == "streams.runtime.events"
+    # Faust's start-up banner is not printed among the JSON lines.
+    assert "| transport " not in pipeline.worker.log_path.read_text(errors="replace")
+
+    # The sink and the shim log through the same formatter: JSON lines, none in text.
+    text_format = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )?[A-Z]+:? ")
+    for process in (pipeline.sink, pipeline.shim):
+        lines = process.log_path.read_text(errors="replace").splitlines()
+        assert [json.loads(line)["logger"] for line in lines if line.startswith("{")], process.name
+        assert not [line for line in lines if text_format.match(line)], process.name
 
 
 def test_invalid_request_gets_failed_status_with_the_reason(pipeline: Pipeline) -> None:

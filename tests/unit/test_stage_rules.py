@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -178,5 +179,5 @@ async def test_transient_errors_retry_the_handler_instead_of_dead_lettering() ->
         if len(calls) < 3:
             raise RegistryUnavailableError("registry down")
 
-    await guarded("test", object(), handler)  # type: ignore[arg-type]
+    await guarded("test", SimpleNamespace(headers=None), handler)  # type: ignore[arg-type]
     assert len(calls) == 3
