@@ -57,7 +57,9 @@ async def produce(
             state.topics.name(logical_topic),
             key=key.encode(),
             value=value,
-            headers=child_headers({"traceparent": traceparent} if traceparent else None),
+            headers=child_headers(
+                {"traceparent": traceparent} if traceparent else None, f"send {logical_topic}"
+            ),
         )
     except RecordTooLarge as exc:
         raise PayloadTooLarge(

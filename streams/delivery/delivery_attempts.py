@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import DeliveryResult, OutboundMessage
+from core import tracing
 from core.rate_limits import RateLimits
 from streams.delivery.breakers import Breakers
 from streams.delivery.providers import ProviderConfigError, ProviderPool
@@ -101,7 +102,10 @@ async def try_providers(
             metrics.provider_call(pid, "skipped")
             continue
         started = time.monotonic()
-        result = await candidate.connector.deliver(message)
+        with tracing.calling(f"send {name}", **{"notifications.provider": pid}):
+            result = await candidate.connector.deliver(message)
+            if not result.ok:
+                tracing.mark_failed(result.reason or result.outcome)
         duration = time.monotonic() - started
         breakers[pid].record(
             failed=not result.ok, duration=duration, counts=result.ok or result.provider_fault

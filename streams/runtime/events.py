@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -15,7 +16,7 @@ from core.ids import status_event_id
 from core.logs import processing, trace_id_of
 from schemas import RegistryUnavailableError, SchemaError
 from streams.runtime import metrics
-from streams.runtime.app import codec, topics
+from streams.runtime.app import app, codec, topics
 from streams.runtime.config_views import ViewsNotReady
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ async def dead_letter(
         "error_history": error_history or [],
     }
     metrics.dead_lettered(stage, type(error).__name__)
+    tracing.mark_failed(f"dead-lettered: {type(error).__name__}: {error}")
     await topics.sink("notifications.dead-letter").send(
         key=event.key if isinstance(event.key, str) else None,
         value=record,
@@ -158,6 +160,20 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 MAX_BACKOFF_SECONDS = 30.0
 
 
+def _consuming(event: EventT, stage: str) -> AbstractContextManager[None]:
+    if not tracing.spans_exported():
+        return nullcontext()
+    message = event.message
+    return tracing.consuming(
+        event.headers,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        group=app.conf.id,
+        stage=stage,
+    )
+
+
 async def guarded(stage: str, event: EventT, handler: Any) -> None:
     """Run a stage's handler; an unexpected error dead-letters the message, never the agent.
 
@@ -169,7 +185,7 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
     so the partition keeps moving and an operator can replay it after a fix.
     """
     trace_id = trace_id_of(tracing.header_text(event.headers, "traceparent"))
-    with processing(stage, trace_id):
+    with processing(stage, trace_id), _consuming(event, stage):
         delay = 0.5
         while True:
             try:

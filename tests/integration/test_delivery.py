@@ -10,11 +10,14 @@ AES-GCM sealed, as `python -m streams.config put providers` writes it.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from connectors.webhook import verify
 from core.ids import notification_id
@@ -59,6 +62,7 @@ class Peers:
         self.victim = HttpPeer().start()  # another tenant's provider: must never be called
         self.intruder = HttpPeer().start()
         self.dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens
+        self.collector = HttpPeer().start()  # an OTLP/HTTP trace collector
 
     def stop(self) -> None:
         for peer in (
@@ -69,6 +73,7 @@ class Peers:
             self.fallback,
             self.victim,
             self.intruder,
+            self.collector,
         ):
             peer.stop()
 
@@ -95,6 +100,9 @@ def pipeline(
             "DELIVER_BACKOFF_SECONDS": "0.2",
             "BREAKER_MIN_CALLS": "1000",  # breakers have their own tests; keep them out here
             "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",  # the peers listen on 127.0.0.1
+            # Spans exported (core/tracing.py) to the local collector, in batches every 100 ms.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": peers.collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
         },
     )
     pipe.provision()
@@ -108,6 +116,7 @@ def pipeline(
         provider_config("fallback", "hook", f"{peers.rejecting.url}/hook"),
         provider_config("victim", "hook", f"{peers.victim.url}/hook"),
         provider_config("intruder", "own", f"{peers.intruder.url}/hook"),
+        provider_config("traced", "hook", f"{peers.spare.url}/traced"),
     ]
     for config in configs:
         key = f"{config['tenant_id']}:{config['provider_id']}"
@@ -157,6 +166,75 @@ def test_flaky_provider_fails_twice_then_delivers_once(pipeline: Pipeline, peers
     ]
     deferred = [s for s in statuses(pipeline, nid) if s["status"] == "deferred"]
     assert all(s["retriable"] and "HTTP 503" in s["reason"] for s in deferred)
+
+
+def exported_spans(collector: HttpPeer, trace_id: str) -> list[Span]:
+    spans = []
+    for request in list(collector.requests):
+        if request.path != "/v1/traces":
+            continue
+        export = ExportTraceServiceRequest.FromString(request.body)
+        for resource_spans in export.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                spans += [s for s in scope_spans.spans if s.trace_id.hex() == trace_id]
+    return spans
+
+
+def attributes(span: Span) -> dict[str, Any]:
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+
+
+def test_one_trace_follows_a_notification_to_the_provider_call_and_its_statuses(
+    pipeline: Pipeline, peers: Peers
+) -> None:
+    trace_id = secrets.token_hex(16)
+    record = request_record("u1", tenant="traced", channels=["webhook"])
+    schema = pipeline.topics["notifications.requests"].value_schema
+    pipeline.produce(
+        "notifications.requests",
+        "traced:u1",
+        pipeline.codec.encode(schema, record),
+        {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01".encode()},
+    )
+    pipeline.flush()
+    nid = notification_id(record["tenant_id"], record["request_id"], "u1", "webhook")
+    pipeline.wait_for_status([nid], {"delivered"}, timeout=60)
+
+    requests_topic = pipeline.topics.name("notifications.requests")
+    deliver_topic = pipeline.topics.name("notifications.deliver.webhook")
+    status_topic = pipeline.topics.name("notifications.status")
+    wanted = {f"process {requests_topic}", f"process {deliver_topic}", "send webhook"}
+    wanted_with_status = {*wanted, f"process {status_topic}"}
+    wait_until(
+        lambda: wanted_with_status <= {s.name for s in exported_spans(peers.collector, trace_id)},
+        30,
+        f"the spans {sorted(wanted_with_status)}",
+    )
+    spans = exported_spans(peers.collector, trace_id)
+    one = {s.name: s for s in spans if s.name in wanted}
+    request_span, deliver_span = one[f"process {requests_topic}"], one[f"process {deliver_topic}"]
+    provider_span = one["send webhook"]
+
+    # The messaging conventions for Kafka, on every message a stage processed.
+    assert request_span.kind == Span.SpanKind.SPAN_KIND_CONSUMER
+    request_attributes = attributes(request_span)
+    assert request_attributes["messaging.system"] == "kafka"
+    assert request_attributes["messaging.operation.type"] == "process"
+    assert request_attributes["messaging.destination.name"] == requests_topic
+    assert request_attributes["messaging.consumer.group.name"] == pipeline.settings.full_app_id
+    assert {"messaging.destination.partition.id", "messaging.kafka.offset"} <= set(
+        request_attributes
+    )
+    assert attributes(deliver_span)["notifications.stage"] == "deliver-webhook"
+    # Parent links across the hops: the request stage (enrich, render and route run in its
+    # consumer) produced the delivery, the deliver stage called the provider.
+    assert request_span.parent_span_id  # the upstream producer's span
+    assert deliver_span.parent_span_id == request_span.span_id
+    assert provider_span.kind == Span.SpanKind.SPAN_KIND_CLIENT
+    assert provider_span.parent_span_id == deliver_span.span_id
+    status_parents = {s.parent_span_id for s in spans if s.name == f"process {status_topic}"}
+    assert status_parents <= {request_span.span_id, deliver_span.span_id}
+    assert len(status_parents) == 2  # statuses from both stages: accepted ... delivered
 
 
 def test_dead_provider_fails_over_to_the_next(pipeline: Pipeline, peers: Peers) -> None:

@@ -9,7 +9,8 @@ import pytest
 from core import tracing
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
+# Flags: bit 0 sampled; the SDK also sets bit 1 (random trace id, W3C level 2) on new roots.
+TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]")
 
 
 @pytest.fixture(params=[False, True], ids=["direct", "sdk-span"])
