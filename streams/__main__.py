@@ -24,6 +24,7 @@ def serve_health(app: faust.App, settings: Settings) -> None:
     from mode.utils.loops import get_event_loop
 
     from core.health import Health, LoopHeartbeat, serve
+    from core.lag import register as register_lag
 
     def group() -> str | None:
         if app.rebalancing_count == 0:
@@ -35,6 +36,7 @@ def serve_health(app: faust.App, settings: Settings) -> None:
         stall_seconds=settings.health_stall_seconds,
         checks={"group": group},
     )
+    register_lag(settings, app.conf.id)  # Faust's consumer group is the app id
     serve(health, settings.metrics_port or 0, settings.metrics_host)
 
 

@@ -10,6 +10,7 @@ from types import FrameType
 
 from connectors.postgres_sink.runner import SinkRunner
 from core.health import Health, serve
+from core.lag import register as register_lag
 from core.logs import configure
 from core.settings import get_settings
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = SinkRunner(settings)
     port = args.metrics_port or settings.metrics_port
     if port:
+        register_lag(settings, runner.group_id)
         health = Health(
             runner.heartbeat.alive,
             stall_seconds=settings.health_stall_seconds,

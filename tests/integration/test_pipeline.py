@@ -487,6 +487,42 @@ def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
         assert line in text, line
 
 
+def consumer_lag(port: int, topic: str) -> dict[tuple[str, str], float]:
+    """(group, partition) -> messages behind on `topic`, from a process's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    lag = {}
+    for labels, value in re.findall(
+        r"^notifications_consumer_lag_messages\{(.*)\} (\S+)$", text, re.M
+    ):
+        label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if label["topic"] == topic:
+            lag[(label["group"], label["partition"])] = float(value)
+    return lag
+
+
+def test_worker_and_sink_report_their_consumer_lag(pipeline: Pipeline) -> None:
+    record = request_record("lagging")
+    pipeline.produce_record("notifications.requests", "acme:lagging", record)
+    pipeline.flush()
+    nid = notification_id(record["tenant_id"], record["request_id"], "lagging", "email")
+    pipeline.wait_for_status([nid], {"sent"})
+    group = pipeline.settings.full_app_id
+    requests_topic = pipeline.topics.name("notifications.requests")
+    status_topic = pipeline.topics.name("notifications.status")
+
+    def caught_up(port: int, topic: str, group: str) -> bool:
+        lag = {k: v for k, v in consumer_lag(port, topic).items() if k[0] == group}
+        return bool(lag) and all(behind == 0 for behind in lag.values())
+
+    # Committed within a second, read every 5 s: the worker's group on its input ...
+    wait_until(lambda: caught_up(pipeline.metrics_port, requests_topic, group), 30, "lag 0")
+    # ... and the sink's on the status topic.
+    sink_group = f"{group}-postgres-sink"
+    wait_until(
+        lambda: caught_up(pipeline.sink_metrics_port, status_topic, sink_group), 30, "sink lag 0"
+    )
+
+
 def test_worker_and_sink_answer_health_and_readiness(pipeline: Pipeline) -> None:
     """Issue 19, item 7: probes on the processes that had none. A running worker has joined
     its group and recovered its tables; the sink has partitions and writes."""
