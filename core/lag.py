@@ -26,6 +26,7 @@ from core.kafka_clients import admin_config
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+METRIC = "notifications_consumer_lag_messages"
 Lag = dict[tuple[str, int], int]  # (topic, partition) -> messages behind
 
 
@@ -73,7 +74,7 @@ class ConsumerLag(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            "notifications_consumer_lag_messages",
+            METRIC,
             "Messages between a group's committed offset and the partition's high watermark.",
             labels=["group", "topic", "partition"],
         )

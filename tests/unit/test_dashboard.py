@@ -1,0 +1,63 @@
+"""The Grafana dashboard and the Prometheus scrape config (infra/) match the code: every metric
+a panel queries is one a process exports, and every process of compose is scraped."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client import REGISTRY
+
+import connectors.postgres_sink.metrics  # noqa: F401  (registers the sink's metrics)
+import streams.runtime.metrics  # noqa: F401  (registers the stages' metrics)
+from core import lag
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = json.loads((ROOT / "infra/grafana/dashboards/notifications.json").read_text())
+SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def _exported_names() -> set[str]:
+    names = {metric.name for metric in REGISTRY.collect()}
+    names.add(lag.METRIC)  # core/lag.py: registered by each process with its group
+    return names
+
+
+def _base(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def test_every_queried_metric_is_exported() -> None:
+    exported = {_base(name) for name in _exported_names()}
+    queried = {
+        _base(name)
+        for panel in DASHBOARD["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bnotifications_[a-z_]+", target["expr"])
+    }
+    assert queried and queried - exported == set()
+
+
+def test_panels_have_unique_ids_and_the_datasource_variable() -> None:
+    ids = [panel["id"] for panel in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in DASHBOARD["panels"])
+
+
+def test_prometheus_scrapes_every_process_that_serves_metrics_in_compose() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    serving = {
+        f"{name}:{service['environment']['METRICS_PORT']}"
+        for name, service in compose["services"].items()
+        if isinstance(service.get("environment"), dict) and "METRICS_PORT" in service["environment"]
+    }
+    scrape = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
+    targets = {
+        t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    }
+    assert serving and serving == targets
