@@ -62,8 +62,9 @@ async def park(
     """Send the notification to its retry tier, due after `wait_seconds`; return the due time."""
     due = now_ms() + int(wait_seconds * 1000)
     parked = {**notification, "not_before": due}
-    topic = f"notifications.retry.{tier_for(wait_seconds)}"
-    await topics.sink(topic).send(key=key, value=parked, headers=headers)
+    tier = tier_for(wait_seconds)
+    await topics.sink(f"notifications.retry.{tier}").send(key=key, value=parked, headers=headers)
+    metrics.retried(tier)
     return due
 
 

@@ -188,8 +188,10 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
     with processing(stage, trace_id), _consuming(event, stage):
         delay = 0.5
         while True:
+            started = time.perf_counter()
             try:
                 await handler(event)
+                metrics.handled(stage, time.perf_counter() - started)
                 return
             except TRANSIENT_ERRORS as exc:
                 log.warning("%s: %s; retrying in %.1fs", stage, exc, delay)

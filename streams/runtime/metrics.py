@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 PROCESSED = Counter(
     "notifications_stage_messages_total",
@@ -56,3 +59,49 @@ def provider_call(provider_id: str, outcome: str, seconds: float | None = None) 
     PROVIDER_CALLS.labels(provider_id, outcome).inc()
     if seconds is not None:
         PROVIDER_LATENCY.labels(provider_id).observe(seconds)
+
+
+HANDLER_SECONDS = Histogram(
+    "notifications_stage_handler_seconds",
+    "Time a stage spent on one message (decode, rules, provider call, produce).",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RETRIES = Counter(
+    "notifications_retries_total",
+    "Notifications parked on a retry tier, by tier.",
+    ["tier"],
+)
+
+
+def handled(stage: str, seconds: float) -> None:
+    HANDLER_SECONDS.labels(stage).observe(seconds)
+
+
+def retried(tier: str) -> None:
+    RETRIES.labels(tier).inc()
+
+
+BREAKER_METRIC = "notifications_breaker_state"
+
+
+class BreakerStates(Collector):
+    """`notifications_breaker_state{provider,state}`: 1 for each breaker's current state."""
+
+    def __init__(self, states: Callable[[], Mapping[str, str]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            BREAKER_METRIC,
+            "Circuit breaker state per provider credential (1 = current).",
+            labels=["provider", "state"],
+        )
+        for provider, current in sorted(self._states().items()):
+            for state in ("closed", "half_open", "open"):
+                family.add_metric([provider, state], 1.0 if state == current else 0.0)
+        yield family
+
+
+def watch_breakers(states: Callable[[], Mapping[str, str]]) -> None:
+    REGISTRY.register(BreakerStates(states))

@@ -98,6 +98,7 @@ breakers = Breakers(
         open_seconds=settings.breaker_open_seconds,
     )
 )
+metrics.watch_breakers(breakers.states)
 # A wait never exceeds the retry backoff's maximum, whatever rate a config names.
 limits = RateLimits(max_wait_seconds=settings.deliver_backoff_max_seconds)
 

@@ -483,6 +483,8 @@ def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
         'notifications_stage_messages_total{outcome="sent",stage="deliver"}',
         'notifications_status_events_total{stage="deliver",status="sent"}',
         'notifications_stage_latency_seconds_count{stage="deliver"}',
+        'notifications_stage_handler_seconds_count{stage="request"}',
+        'notifications_breaker_state{provider="env:smtp",state="closed"} 1.0',
     ):
         assert line in text, line
 

@@ -11,7 +11,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import connectors.postgres_sink.metrics  # noqa: F401  (registers the sink's metrics)
-import streams.runtime.metrics  # noqa: F401  (registers the stages' metrics)
+import streams.runtime.metrics  # registers the stages' metrics
 from core import lag
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +22,7 @@ SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 def _exported_names() -> set[str]:
     names = {metric.name for metric in REGISTRY.collect()}
     names.add(lag.METRIC)  # core/lag.py: registered by each process with its group
+    names.add(streams.runtime.metrics.BREAKER_METRIC)  # registered by the deliver stage
     return names
 
 
