@@ -72,15 +72,23 @@ class ConsumerLag(Collector):
                 self._read_at = time.monotonic()
             return self._lag
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Without describe, registering calls collect(): admin requests at start-up.
+        yield self._family()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        family = self._family()
+        for (topic, partition), behind in sorted(self.lag().items()):
+            family.add_metric([self.group, topic, str(partition)], behind)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             METRIC,
             "Messages between a group's committed offset and the partition's high watermark.",
             labels=["group", "topic", "partition"],
         )
-        for (topic, partition), behind in sorted(self.lag().items()):
-            family.add_metric([self.group, topic, str(partition)], behind)
-        yield family
 
 
 def register(settings: Settings, group: str) -> ConsumerLag:

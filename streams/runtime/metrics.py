@@ -91,16 +91,23 @@ class BreakerStates(Collector):
     def __init__(self, states: Callable[[], Mapping[str, str]]) -> None:
         self._states = states
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            BREAKER_METRIC,
-            "Circuit breaker state per provider credential (1 = current).",
-            labels=["provider", "state"],
-        )
+        family = self._family()
         for provider, current in sorted(self._states().items()):
             for state in ("closed", "half_open", "open"):
                 family.add_metric([provider, state], 1.0 if state == current else 0.0)
         yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            BREAKER_METRIC,
+            "Circuit breaker state per provider credential (1 = current).",
+            labels=["provider", "state"],
+        )
 
 
 def watch_breakers(states: Callable[[], Mapping[str, str]]) -> None:

@@ -41,6 +41,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class ProcessDied(AssertionError):
+    """A pipeline process exited while a test waited on it: the message carries its log."""
+
+
 class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -208,7 +212,8 @@ class Pipeline:
         """Fail fast, with the log, when a pipeline process died instead of timing out."""
         for process in (self.worker, self.bulk_worker, self.status_worker, self.sink):
             if process is not None and process.proc is not None and not process.alive():
-                raise AssertionError(f"{process.name} exited:\n{process.tail()}")
+                code = process.proc.returncode
+                raise ProcessDied(f"{process.name} exited ({code}):\n{process.tail()}")
 
     def _shim_ready(self) -> bool:
         try:
@@ -276,6 +281,8 @@ class Pipeline:
 
         try:
             wait_until(done, timeout, f"{len(ids)} notifications to reach {statuses}", every=0.5)
+        except ProcessDied:
+            raise  # the cause, not "did not reach"
         except AssertionError:
             missing = [nid for nid in ids if not self.latest(nid) & statuses]
             raise AssertionError(

@@ -62,3 +62,15 @@ def test_prometheus_scrapes_every_process_that_serves_metrics_in_compose() -> No
         t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
     }
     assert serving and serving == targets
+
+
+def test_registering_the_lag_collector_asks_the_broker_nothing() -> None:
+    # Registering used to call collect(): admin requests at start-up, and the sink then died
+    # of a segfault in confluent-kafka (8 starts in 8). Only a scrape may ask the broker.
+    from prometheus_client import CollectorRegistry
+
+    from core.settings import Settings
+
+    collector = lag.ConsumerLag(Settings(kafka_bootstrap_servers="127.0.0.1:1"), "group")
+    CollectorRegistry(auto_describe=True).register(collector)  # as the global REGISTRY
+    assert collector._admin is None
