@@ -37,7 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # noqa: E40
 from core.catalog import TopicCatalog  # noqa: E402
 from core.ids import notification_id  # noqa: E402
 from core.kafka_clients import client_config, producer_config  # noqa: E402
-from core.provision import provision  # noqa: E402
+from core.provision import drop_prefixed, provision  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from schemas import SchemaCatalog, build_codec  # noqa: E402
 
@@ -153,6 +153,7 @@ def run_pipeline(bootstrap: str, count: int, log_dir: Path, workers: int = 1) ->
             proc.terminate()
         for proc in procs:
             proc.wait(60)
+        drop_prefixed(settings)
 
 
 def _high_watermarks(bootstrap: str, prefix: str) -> dict[str, int]:

@@ -41,6 +41,20 @@ def existing_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, 
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
 
+def drop_prefixed(settings: Settings, timeout: float = 30.0) -> int:
+    """Deletes every topic named under `settings.topic_prefix`, Faust's changelogs included: a
+    benchmark's own topics once it is done (each run makes ~300 partitions, and a local broker
+    with a 512 MB heap runs out of memory at ~17,000). Returns how many were deleted."""
+    prefix = settings.topic_prefix
+    if not prefix:
+        raise ValueError("refusing to delete every topic: no topic prefix is set")
+    admin = AdminClient(admin_config(settings))
+    names = [name for name in existing_partitions(admin, timeout) if name.startswith(prefix)]
+    for future in admin.delete_topics(names, operation_timeout=timeout).values() if names else []:
+        future.result()
+    return len(names)
+
+
 def provision(settings: Settings, *, create: bool = True, timeout: float = 30.0) -> ProvisionReport:
     admin = AdminClient(admin_config(settings))
     # Every lane's worker group has its own table changelogs ({app_id} in topics.yaml).
