@@ -310,18 +310,24 @@ async def authenticate(
 Caller = Annotated[Principal, Depends(authenticate)]
 
 
+def require_scope(principal: Principal, scope: Scope) -> None:
+    if scope not in principal.scopes:
+        raise Forbidden(f"this endpoint needs the {scope!r} scope")
+
+
 def requires(scope: Scope) -> Any:
     """A dependency: the caller, if it has `scope` (403 otherwise)."""
 
-    def check(principal: Caller) -> Principal:
-        if scope not in principal.scopes:
-            raise Forbidden(f"this endpoint needs the {scope!r} scope")
+    # async, as every dependency here: FastAPI runs a plain `def` one in a worker thread,
+    # a thread hop per request for a set lookup (docs/benchmarks.md).
+    async def check(principal: Caller) -> Principal:
+        require_scope(principal, scope)
         return principal
 
     return Depends(check)
 
 
-def _user(principal: Caller) -> Principal:
+async def _user(principal: Caller) -> Principal:
     if principal.kind != "user":
         raise Forbidden("user endpoints need a user's bearer token, not an API key")
     return principal
@@ -333,7 +339,7 @@ Admin = Annotated[Principal, requires("admin")]
 User = Annotated[Principal, Depends(_user)]
 
 
-def operator(
+async def operator(
     request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """The platform operator's token (SHIM_OPERATOR_TOKEN), for /api/v1/platform only.

@@ -131,7 +131,7 @@ def error_response(status_code: int, body: ErrorBody, **headers: str) -> JSONRes
     return JSONResponse(status_code=status_code, content=body.model_dump(), headers=headers or None)
 
 
-async def _on_api_error(_request: Request, exc: Exception) -> JSONResponse:
+async def api_error_response(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     if isinstance(exc, InvalidField):
         detail = [FieldError(field=exc.field, message=exc.problem)]
@@ -253,7 +253,7 @@ def _body_unreadable() -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     _one_error_model(app)
-    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(Exception, _on_unexpected)

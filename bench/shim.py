@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from api_shim.app import _producer  # noqa: E402
-from core.provision import provision  # noqa: E402
+from core.provision import drop_prefixed, provision  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 BODY = {
@@ -193,6 +193,7 @@ def _shim_runs(
     port = _free_port()
     argv = [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--port", str(port)]
     argv += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    argv += args.uvicorn_args.split()
     shim = subprocess.Popen([*profiler, *argv], cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     label = f"{workers} shim worker{'s' if workers > 1 else ''}"
@@ -223,6 +224,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--clients", type=int, default=1, help="HTTP client processes")
+    parser.add_argument(
+        "--uvicorn-args",
+        default="",
+        help="more uvicorn options, e.g. '--loop asyncio --http h11' (the pure-Python pair)",
+    )
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument(
         "--shim-workers", type=int, nargs="+", default=[1], help="uvicorn worker processes"
@@ -251,9 +257,12 @@ def main() -> None:
     }
     # e.g. SHIM_PROFILER="py-spy record -r 50 -o shim.svg --": the shim runs under it.
     profiler = os.environ.get("SHIM_PROFILER", "").split()
-    results = [asyncio.run(baseline(settings, args.count, args.concurrency))]
-    for workers in args.shim_workers:
-        results += _shim_runs(env, workers, profiler, args)
+    try:
+        results = [asyncio.run(baseline(settings, args.count, args.concurrency))]
+        for workers in args.shim_workers:
+            results += _shim_runs(env, workers, profiler, args)
+    finally:
+        drop_prefixed(settings)
     print(
         f"\nconcurrency {args.concurrency} from {args.clients} client processes; "
         f"shim as uvicorn with --workers {' / '.join(map(str, args.shim_workers))}; "
