@@ -1,6 +1,7 @@
 """HTTP shim benchmark: what accepting a notification over HTTP costs, next to Kafka alone.
 
     python bench/shim.py --count 2000 --concurrency 32 [--shim-workers 1 2]     (make bench-shim)
+    python bench/shim.py --count 10000 --rate 1000 [--shim-workers 1 2]   (steady rate, p99)
 
 Three runs in one process, against the local broker, each writing `count` requests:
 
@@ -11,7 +12,8 @@ Three runs in one process, against the local broker, each writing `count` reques
 - the same with an Idempotency-Key on every request (one more acknowledged write each).
 
 Prints requests/s, its ratio to the baseline and latency percentiles (call to answer) side
-by side.
+by side. With --rate, the requests are released at that rate instead of back to back, and the
+latency of each counts from when it was due.
 """
 
 from __future__ import annotations
@@ -66,11 +68,17 @@ class Result:
         )
 
 
-async def _run(name: str, count: int, concurrency: int, call: object) -> Result:
+async def _run(
+    name: str, count: int, concurrency: int, call: object, rate: float | None = None
+) -> Result:
+    """`count` calls, `concurrency` at a time: back to back, or released at `rate` per second
+    (open loop: a call's latency counts from when it was due, so a queue behind a slow
+    server is measured, not hidden)."""
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
+    slots = asyncio.Semaphore(concurrency)
 
     async def worker() -> None:
         while not queue.empty():
@@ -79,12 +87,33 @@ async def _run(name: str, count: int, concurrency: int, call: object) -> Result:
             await call(i)  # type: ignore[operator]
             latencies.append((time.perf_counter() - started) * 1000)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(name, count, time.perf_counter() - started, latencies)
+    async def paced(i: int, due: float) -> None:
+        async with slots:
+            await call(i)  # type: ignore[operator]
+        latencies.append((time.perf_counter() - due) * 1000)
+
+    async def release(at_rate: float) -> None:
+        # Started when due, not all at once: creating every task up front stalled the
+        # client's loop for ~0.4 s at 15,000 requests, which measured as the server's tail.
+        started: list[asyncio.Task[None]] = []
+        for i in range(count):
+            due = begun + i / at_rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            started.append(asyncio.create_task(paced(i, due)))
+        await asyncio.gather(*started)
+
+    begun = time.perf_counter()
+    if rate is None:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        await release(rate)
+    return Result(name, count, time.perf_counter() - begun, latencies)
 
 
-async def baseline(settings: Settings, count: int, concurrency: int) -> Result:
+async def baseline(
+    settings: Settings, count: int, concurrency: int, rate: float | None = None
+) -> Result:
     producer = _producer(settings)
     topic = settings.topic("notifications.requests")
     value = b"x" * 400  # about the size of the encoded request
@@ -93,7 +122,7 @@ async def baseline(settings: Settings, count: int, concurrency: int) -> Result:
         await producer.produce(topic, key=f"bench:{i}".encode(), value=value, headers={})
 
     try:
-        return await _run("baseline: produce, acks=all", count, concurrency, produce)
+        return await _run("baseline: produce, acks=all", count, concurrency, produce, rate)
     finally:
         producer.close(10)
 
@@ -112,7 +141,7 @@ def _request_bytes(port: int, body: bytes, idempotency_key: str | None) -> bytes
 
 
 async def _post_all(
-    url: str, indexes: range, concurrency: int, idempotent: bool, run: str
+    url: str, indexes: range, concurrency: int, idempotent: bool, run: str, rate: float | None
 ) -> list[float]:
     """POST over `concurrency` keep-alive connections, one request in flight on each.
 
@@ -142,24 +171,35 @@ async def _post_all(
         free.put_nowait((reader, writer))
 
     try:
-        result = await _run("", len(indexes), concurrency, lambda n: post(indexes[n]))
+        result = await _run("", len(indexes), concurrency, lambda n: post(indexes[n]), rate)
     finally:
         for _, writer in connections:
             writer.close()
     return result.latencies_ms
 
 
-def _client_process(args: tuple[str, range, int, bool, str]) -> list[float]:
+def _client_process(args: tuple[str, range, int, bool, str, float | None]) -> list[float]:
     return asyncio.run(_post_all(*args))
 
 
 def over_http(
-    url: str, count: int, concurrency: int, *, idempotent: bool, name: str, clients: int
+    url: str,
+    count: int,
+    concurrency: int,
+    *,
+    idempotent: bool,
+    name: str,
+    clients: int,
+    rate: float | None = None,
 ) -> Result:
     """`clients` processes share the requests (one is enough with the bare client)."""
     run = uuid.uuid4().hex[:8]
     shares = [range(i, count, clients) for i in range(clients)]
-    jobs = [(url, share, max(1, concurrency // clients), idempotent, run) for share in shares]
+    share_rate = rate / clients if rate else None
+    jobs = [
+        (url, share, max(1, concurrency // clients), idempotent, run, share_rate)
+        for share in shares
+    ]
     started = time.perf_counter()
     with multiprocessing.Pool(clients) as pool:
         latencies = [ms for part in pool.map(_client_process, jobs) for ms in part]
@@ -211,6 +251,7 @@ def _shim_runs(
                 idempotent=idempotent,
                 name=f"POST, {'Idempotency-Key' if idempotent else 'no key'}, {label}",
                 clients=args.clients,
+                rate=args.rate,
             )
             for idempotent in (False, True)
         ]
@@ -222,6 +263,12 @@ def _shim_runs(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="steady rate (requests/s) instead of a burst: --count requests released at it, "
+        "latency counted from when each was due",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--clients", type=int, default=1, help="HTTP client processes")
     parser.add_argument(
@@ -258,13 +305,14 @@ def main() -> None:
     # e.g. SHIM_PROFILER="py-spy record -r 50 -o shim.svg --": the shim runs under it.
     profiler = os.environ.get("SHIM_PROFILER", "").split()
     try:
-        results = [asyncio.run(baseline(settings, args.count, args.concurrency))]
+        results = [asyncio.run(baseline(settings, args.count, args.concurrency, args.rate))]
         for workers in args.shim_workers:
             results += _shim_runs(env, workers, profiler, args)
     finally:
         drop_prefixed(settings)
     print(
-        f"\nconcurrency {args.concurrency} from {args.clients} client processes; "
+        f"\n{f'steady rate {args.rate:g}/s, ' if args.rate else 'burst, '}"
+        f"concurrency {args.concurrency} from {args.clients} client processes; "
         f"shim as uvicorn with --workers {' / '.join(map(str, args.shim_workers))}; "
         f"{os.cpu_count()} CPUs shared by all"
     )
