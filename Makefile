@@ -23,8 +23,9 @@ test: ## whole suite on a throwaway Kafka (29092), Postgres (55432), registry (2
 bench: ## end-to-end benchmark on the local Kafka (127.0.0.1:9092); COUNT=... notifications
 	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/e2e.py --count $(or $(COUNT),2000) --workers 1 2
 
-bench-shim: ## HTTP shim benchmark on the local Kafka: POSTs vs. the bare producer; COUNT=...
-	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/shim.py --count $(or $(COUNT),2000)
+bench-shim: ## HTTP shim benchmark on the local Kafka: POSTs vs. the bare producer; COUNT= RATE= SHIM_WORKERS=
+	scripts/bootstrap.sh && scripts/kafka.sh start && $(PY) bench/shim.py --count $(or $(COUNT),6000) \
+		--concurrency 96 --shim-workers $(or $(SHIM_WORKERS),1 2) $(if $(RATE),--rate $(RATE))
 
 soak: ## crash-and-rebalance soak on the local Kafka and Postgres, exact counts; COUNT=... KILLS=...
 	scripts/bootstrap.sh && scripts/kafka.sh start && scripts/postgres.sh start
