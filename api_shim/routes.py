@@ -44,6 +44,8 @@ READY_TIMEOUT_SECONDS = 2.0
     "returned are those the pipeline gives each recipient x channel. With an "
     "`Idempotency-Key`, a retry gets the same answer and ids, and the pipeline sends once.",
 )
+# Most requests reach this function through api_shim.fast_send, which passes the same
+# arguments without FastAPI's machinery: a new parameter or dependency here belongs there too.
 async def send_notification(
     body: NotificationCreate,
     request: Request,
