@@ -23,6 +23,7 @@ from api_shim.auth import OPERATOR_FAILURE_BURST, jwt_verifier
 from api_shim.fast_send import SendFastPath
 from api_shim.idempotency_view import answer_view
 from api_shim.limits import BodySizeLimit, limit_for_path
+from api_shim.metrics import RequestMetrics, metrics_endpoint
 from api_shim.producer import AsyncProducer
 from api_shim.routes import router
 from api_shim.routes_admin import router as admin_router
@@ -138,8 +139,10 @@ def create_app(
         BodySizeLimit,
         limit_for=limit_for_path(settings.shim_max_body_bytes, settings.shim_max_csv_bytes),
     )
-    # Outermost of ours: the common send skips the rest (api_shim.fast_send).
+    # The common send skips the rest (api_shim.fast_send); metrics count it too.
     app.add_middleware(SendFastPath, max_body=settings.shim_max_body_bytes)
+    app.add_middleware(RequestMetrics)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     for each in ROUTERS:
         app.include_router(each)
     return app

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.auth import authenticate, require_scope
 from api_shim.errors import ApiError, api_error_response
+from api_shim.metrics import ROUTE_KEY
 from api_shim.models import NotificationCreate
 from api_shim.routes import send_notification
 
@@ -61,6 +62,7 @@ class SendFastPath:
             return
         request = Request(scope, _replaying(body, receive))
         self.served += 1
+        scope[ROUTE_KEY] = SEND_PATH
         try:
             caller = await authenticate(request, headers[b"x-api-key"], None)
             require_scope(caller, "send")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,13 @@ SHIM_PORT = int(os.environ.get("SHIM_PORT", "8000"))
 # process this script starts inherits it. An SHIM_API_KEYS of your own wins.
 os.environ.setdefault("SHIM_API_KEYS", json.dumps({"demo-key": "demo"}))
 DEV_SECRETS_KEY_FILE = REPO / "var" / "dev-provider-secrets.key"
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty directory (what a previous run left in it removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def use_development_secrets_key() -> None:
@@ -317,11 +325,14 @@ def main() -> None:
                 os.environ.get("WEB_CONCURRENCY", str(min(4, os.cpu_count() or 1))),
             ],
             log_dir,
+            # /metrics sums over the shim's processes (api_shim/metrics.py).
+            {"PROMETHEUS_MULTIPROC_DIR": str(fresh_dir(REPO / "var" / "shim-metrics"))},
         ),
     ]
     try:
         wait_for_shim()
         print(f"shim on http://127.0.0.1:{SHIM_PORT} (OpenAPI at /docs, API key {API_KEY!r})")
+        print(f"shim: http://127.0.0.1:{SHIM_PORT}/health, /ready, /metrics")
         since_ms = int(time.time() * 1000)
         samples = send_samples()
         follow_statuses(samples, since_ms, args.demo)

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
+import api_shim.metrics  # noqa: F401  (registers the shim's metrics)
 import connectors.postgres_sink.metrics  # noqa: F401  (registers the sink's metrics)
 import streams.runtime.metrics  # registers the stages' metrics
 from core import lag
@@ -57,6 +58,10 @@ def test_prometheus_scrapes_every_process_that_serves_metrics_in_compose() -> No
         for name, service in compose["services"].items()
         if isinstance(service.get("environment"), dict) and "METRICS_PORT" in service["environment"]
     }
+    # The shim serves /metrics on its API port (api_shim/metrics.py), not on METRICS_PORT.
+    shim_port = compose["services"]["shim"]["command"][-1].split("--port ")[1].split()[0]
+    assert "PROMETHEUS_MULTIPROC_DIR" in compose["services"]["shim"]["environment"]
+    serving.add(f"shim:{shim_port}")
     scrape = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
     targets = {
         t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]

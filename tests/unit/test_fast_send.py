@@ -214,3 +214,39 @@ def test_stored_keys_scopes_and_revocation(
     key = _add_key(apps, scopes, revoked)
     answer, served = _both(apps, json=VALID, headers={"X-API-Key": key})
     assert served and answer["status"] == status
+
+
+def _samples(client: TestClient) -> dict[tuple[str, str, str], float]:
+    text = client.get("/metrics").text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("notifications_shim_requests_total{"):
+            labels, value = line[len("notifications_shim_requests_total{") :].split("} ")
+            parts = dict(p.split("=", 1) for p in labels.split(","))
+            key = tuple(parts[k].strip('"') for k in ("route", "method", "status"))
+            found[key] = float(value)
+    return found
+
+
+def test_metrics_count_by_route_template_fast_path_included(apps: dict[str, Any]) -> None:
+    client, _ = apps["fast"]
+    before = _samples(client)
+    assert client.post(URL, json=VALID, headers=KEY).status_code == 202  # fast path
+    assert client.post(URL, json={"recipients": []}, headers=KEY).status_code == 422  # route
+    assert client.get(URL + "/n-123", headers=KEY).status_code in (404, 503)
+    assert client.get("/no/such/path").status_code == 404
+    after = _samples(client)
+
+    def grew(key: tuple[str, str, str]) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew((URL, "POST", "202")) == 1
+    assert grew((URL, "POST", "422")) == 1
+    status = "404" if (URL + "/{notification_id}", "GET", "404") in after else "503"
+    assert grew((URL + "/{notification_id}", "GET", status)) == 1
+    assert grew(("unmatched", "GET", "404")) == 1
+    text = client.get("/metrics").text
+    assert (
+        'notifications_shim_request_seconds_bucket{le="0.0025",route="/api/v1/notifications"}'
+        in text
+    )
