@@ -320,7 +320,7 @@ def main() -> None:
                 "--port",
                 str(SHIM_PORT),
                 # Several shim processes share the port (they share nothing but Kafka): 2 on
-                # 2 cores took 1,289-1,332 req/s against 674-740 for one (docs/benchmarks.md).
+                # 2 cores took 2,338-3,176 req/s against 1,545-1,962 for one (docs/benchmarks.md).
                 "--workers",
                 os.environ.get("WEB_CONCURRENCY", str(min(4, os.cpu_count() or 1))),
             ],
