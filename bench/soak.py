@@ -354,7 +354,9 @@ def count(
         ("webhook repeat with another Idempotency-Key", key_changes),
     ):
         if ids:
-            failures.append(f"{len(ids)} {what}, e.g. {ids[:3]}")
+            # The channel names the path to look at: a provider call or the inbox produce.
+            examples = [f"{nid} ({traffic.channel.get(nid, '?')})" for nid in ids[:3]]
+            failures.append(f"{len(ids)} {what}, e.g. {examples}")
     if len(dead_positions) != traffic.poison:
         failures.append(f"{len(dead_positions)} messages dead-lettered, {traffic.poison} poison")
     return Report(rows, failures)

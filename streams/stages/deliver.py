@@ -58,6 +58,9 @@ async def _publish_inbox(key: str, record: dict[str, Any]) -> None:
     await topics.sink("notifications.inbox").send(key=key, value=record)
 
 
+in_app = InAppConnector(InAppConfig(), _publish_inbox)
+
+
 def _env_providers() -> dict[str, Connector[Any]]:
     smtp = SmtpConfig(
         host=settings.smtp_host,
@@ -73,7 +76,7 @@ def _env_providers() -> dict[str, Connector[Any]]:
         # The operator's own relay (SMTP_HOST) may be private, a local sidecar for instance:
         # the address check guards what tenants configure, not the operator's settings.
         "env:smtp": SmtpConnector(smtp, egress=Egress(allow_private=True)),
-        "env:in_app": InAppConnector(InAppConfig(), _publish_inbox),
+        "env:in_app": in_app,
     }
 
 
@@ -179,7 +182,12 @@ async def handle(event: EventT) -> None:
     nid, tenant_id = notification["notification_id"], notification["tenant_id"]
     previous = delivered.get(nid)
     if is_live(previous, now_ms(), _ttl_ms):
-        # Already handed to a provider: repeat the status (idempotent), never the send.
+        # Already handed to a provider: repeat the status (idempotent), never the send...
+        if previous["provider"] == in_app.name:
+            # ...except the inbox message: a produce, unacknowledged when the table write and
+            # the status were, so a crash can keep those and lose it. Publishing it again is
+            # safe: the sink keeps the first per notification id.
+            await in_app.send(outbound(notification))
         await emit_status(
             notification,
             previous["outcome"],

@@ -4,12 +4,16 @@ One run exercises the batch table (commands applied, expected total, completion)
 batch-state shards, the frequency-cap table and the idempotency table at once: a batch is
 half sent when the worker is SIGKILLed, and after the restart the batch completes exactly
 once with exact counts, a cap reached before the kill still holds, and an idempotency key
-seen before the kill is still a duplicate. (Schedules and digest windows across a kill are
+seen before the kill is still a duplicate. While the worker is down, the `delivered`
+changelog is given what a kill between the table write and the inbox produce leaves (an
+in-app notification recorded as delivered, no inbox message): the restarted worker must
+publish the message. (Schedules and digest windows across a kill are
 in test_scheduling.py.)
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -17,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from core.ids import notification_id
+from core.ids import expected_partition, notification_id
+from core.lanes import delivery_topic
 from streams.batch_client import BatchClient, request_id_for
 from tests.integration.test_pipeline import request_record
 from tests.support.pipeline import Pipeline, wait_until
@@ -57,6 +62,37 @@ def send_to(pipeline: Pipeline, user: str, **extra: Any) -> str:
     pipeline.produce_record("notifications.requests", f"acme:{user}", record)
     pipeline.flush()
     return notification_id(record["tenant_id"], record["request_id"], user, "email")
+
+
+def recorded_as_delivered_without_its_inbox_message(pipeline: Pipeline) -> tuple[Any, str]:
+    """An in-app request, and its notification written to the `delivered` changelog as the
+    worker writes it, on the partition the worker would: what a kill -9 leaves when the
+    broker acknowledged the table write but not the inbox message."""
+    record = request_record("inboxed", channels=["in_app"])
+    nid = notification_id("acme", record["request_id"], "inboxed", "in_app")
+    deliver = pipeline.topics[delivery_topic("in_app", "transactional")]
+    partition = expected_partition("acme:inboxed", deliver.partitions)
+    changelog = pipeline.topics.changelog("delivered").physical_name
+    value = {
+        "provider": "in_app",
+        "provider_id": "env:in_app",
+        "provider_message_id": nid,
+        "outcome": "delivered",
+        "at": int(time.time() * 1000),
+        "partition": partition,
+    }
+    pipeline.producer.produce(
+        changelog, key=json.dumps(nid), value=json.dumps(value), partition=partition
+    )
+    pipeline.flush()
+    return record, nid
+
+
+def inbox_ids(pipeline: Pipeline) -> set[str]:
+    return {
+        pipeline.codec.decode(m.value(), "InAppMessage")["notification_id"]
+        for m in pipeline.read_topic("notifications.inbox", timeout=2)
+    }
 
 
 def test_batch_caps_and_idempotency_survive_a_kill(
@@ -99,7 +135,10 @@ def test_batch_caps_and_idempotency_survive_a_kill(
     pipeline.worker.stop(signal.SIGKILL)
     before_kill = sent()
     assert before_kill < USERS, "the batch finished before the kill"
+    inbox_request, inbox_id = recorded_as_delivered_without_its_inbox_message(pipeline)
     pipeline.worker.start()
+    pipeline.produce_record("notifications.requests", "acme:inboxed", inbox_request)
+    pipeline.flush()
 
     # After the restart: the cap and the idempotency key are remembered.
     capped_after = send_to(pipeline, "capper")
@@ -108,6 +147,8 @@ def test_batch_caps_and_idempotency_survive_a_kill(
     [suppressed] = [e for e in pipeline.statuses[capped_after] if e["status"] == "suppressed"]
     assert "frequency cap" in (suppressed["reason"] or "")
     pipeline.wait_for_status([duplicate], {"duplicate"}, timeout=60)
+    pipeline.wait_for_status([inbox_id], {"delivered"}, timeout=60)
+    wait_until(lambda: inbox_id in inbox_ids(pipeline), 30, "the inbox message the crash had lost")
 
     # The batch completes exactly once, with exact counts, and nothing is lost.
     pipeline.wait_for_status(ids, {"sent"}, timeout=240)
