@@ -120,3 +120,31 @@ def processing(stage: str | None, trace_id: str | None) -> Iterator[None]:
         yield
     finally:
         current_message.reset(token)
+
+
+def loggable(error: BaseException, limit: int = 500) -> str:
+    """What a log line may say about `error`: no input values, so no message bodies.
+
+    Pydantic's errors quote the input (`input_value='<the body>'`), SQLAlchemy's append the
+    statement's parameters (the rows, bodies included), and Postgres's DETAIL repeats the
+    failing row. Those are cut to where and what failed; anything else to `limit` chars.
+    """
+    errors = getattr(error, "errors", None)
+    if callable(errors) and hasattr(error, "error_count"):  # pydantic.ValidationError
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+            for e in errors(include_input=False, include_url=False)
+        ]
+        return _cut(f"{type(error).__name__}: " + "; ".join(parts), limit)
+    orig = getattr(error, "orig", None)  # sqlalchemy.exc.StatementError: the driver's error
+    if isinstance(orig, BaseException):
+        return f"{type(error).__name__}: {loggable(orig, limit)}"
+    diag = getattr(error, "diag", None)  # a psycopg error: its primary message, no DETAIL
+    if diag is not None and getattr(diag, "message_primary", None):
+        sqlstate = getattr(error, "sqlstate", None) or "?"
+        return _cut(f"{type(error).__name__} ({sqlstate}): {diag.message_primary}", limit)
+    return _cut(f"{type(error).__name__}: {error}", limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

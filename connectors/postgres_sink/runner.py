@@ -33,6 +33,7 @@ from core.catalog import TopicCatalog
 from core.health import Check, Heartbeat
 from core.kafka_clients import consumer_config
 from core.lifecycle import rank
+from core.logs import loggable
 from core.settings import Settings
 from schemas import Codec, DecodeError, RegistryUnavailableError, SchemaCatalog, build_codec
 
@@ -174,12 +175,11 @@ class SinkRunner:
         except (DecodeError, ValueError, KeyError) as exc:
             metrics.SKIPPED.labels(topic, "undecodable").inc()
             log.error(
-                "skipping undecodable message at %s[%d]@%d: %s: %s",
+                "skipping undecodable message at %s[%d]@%d: %s",
                 topic,
                 partition,
                 offset,
-                type(exc).__name__,
-                exc,
+                loggable(exc),
             )
 
     def _write(self, engine: Engine, batch: Batch, stop: threading.Event) -> bool:
@@ -190,7 +190,7 @@ class SinkRunner:
             try:
                 write_batch(engine, batch)
             except (DataError, IntegrityError) as exc:
-                log.warning("batch rejected (%s); writing its records one by one", exc.orig)
+                log.warning("batch rejected (%s); writing its records one by one", loggable(exc))
                 self._write_one_by_one(engine, batch)
                 return True
             except Exception as exc:
@@ -200,7 +200,7 @@ class SinkRunner:
                     "writing a batch of %d failed, retrying in %.1fs: %s",
                     len(batch.records()),
                     backoff,
-                    exc,
+                    loggable(exc),
                 )
                 self.heartbeat.beat()
                 if stop.wait(backoff):
@@ -223,7 +223,9 @@ class SinkRunner:
             except (DataError, IntegrityError) as exc:
                 metrics.SKIPPED.labels(record.topic, "rejected").inc()
                 log.error(
-                    "skipping a record the database rejected at %s: %s", record.position(), exc.orig
+                    "skipping a record the database rejected at %s: %s",
+                    record.position(),
+                    loggable(exc),
                 )
 
     def _commit(self, consumer: Consumer, next_offsets: dict[tuple[str, int], int]) -> None:

@@ -13,7 +13,7 @@ from faust.types import EventT
 
 from core import tracing
 from core.ids import status_event_id
-from core.logs import processing, trace_id_of
+from core.logs import loggable, processing, trace_id_of
 from schemas import RegistryUnavailableError, SchemaError
 from streams.runtime import metrics
 from streams.runtime.app import app, codec, topics
@@ -124,7 +124,7 @@ async def dead_letter(
         message.partition,
         message.offset,
         stage,
-        error,
+        loggable(error),
         extra={"tenant_id": tenant_id, "notification_id": notification_id},
     )
     raw_key = message.key
@@ -194,7 +194,7 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
                 metrics.handled(stage, time.perf_counter() - started)
                 return
             except TRANSIENT_ERRORS as exc:
-                log.warning("%s: %s; retrying in %.1fs", stage, exc, delay)
+                log.warning("%s: %s; retrying in %.1fs", stage, loggable(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
             except Exception as exc:

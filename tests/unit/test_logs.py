@@ -10,6 +10,7 @@ import logging.config
 import pytest
 
 from core import logs
+from core.logs import loggable
 
 
 def _emit(*, fmt: logs.LogFormat = "json", **kwargs: object) -> list[str]:
@@ -101,3 +102,41 @@ def test_the_dict_config_sets_up_the_root_logger(capsys: pytest.CaptureFixture[s
 )
 def test_trace_id_of(value: str | bytes | None, expected: str | None) -> None:
     assert logs.trace_id_of(value) == expected
+
+
+# -- loggable: what a log line may say about an error ------------------------------------------
+
+BODY = "Dear Ada, your code is 493817"
+
+
+def test_a_validation_error_is_logged_without_its_input() -> None:
+    import pydantic
+
+    class Message(pydantic.BaseModel):
+        subject: str = pydantic.Field(max_length=5)
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Message(subject=BODY)
+    assert BODY in str(caught.value)  # what a plain `%s` used to log
+    text = loggable(caught.value)
+    assert BODY not in text
+    assert text.startswith("ValidationError: subject: String should have at most 5 characters")
+
+
+def test_a_database_error_is_logged_without_the_rows_it_was_writing() -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE inbox (id TEXT PRIMARY KEY, body TEXT NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO inbox VALUES ('n1', :body)"), {"body": BODY})
+    with pytest.raises(sa.exc.IntegrityError) as caught, engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO inbox VALUES ('n1', :body)"), {"body": BODY})
+    assert BODY in str(caught.value)  # SQLAlchemy appends the parameters
+    text = loggable(caught.value)
+    assert BODY not in text and "UNIQUE constraint failed: inbox.id" in text
+
+
+def test_other_errors_are_cut_to_the_limit() -> None:
+    text = loggable(RuntimeError("x" * 1000), limit=100)
+    assert len(text) == 100 and text.startswith("RuntimeError: xxx") and text.endswith("…")
