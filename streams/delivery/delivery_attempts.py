@@ -93,6 +93,7 @@ async def try_providers(
         )
         if wait > 0:
             attempts.rate_wait = min(wait, attempts.rate_wait or wait)
+            metrics.rate_limited("provider", wait, provider=pid)
             continue
         if not breakers[pid].allow():
             attempts.circuit_open = True

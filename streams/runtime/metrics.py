@@ -74,6 +74,25 @@ RETRIES = Counter(
 )
 
 
+RATE_LIMIT_WAITS = Counter(
+    "notifications_rate_limit_waits_total",
+    "Times a rate limit held a notification back: scope tenant (provider ''), or a "
+    "provider's own limit (the next provider is tried; parked when none is left).",
+    ["scope", "provider"],
+)
+RATE_LIMIT_WAIT_SECONDS = Histogram(
+    "notifications_rate_limit_wait_seconds",
+    "The wait a rate limit gave: until its bucket has a token again.",
+    ["scope"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+def rate_limited(scope: str, wait_seconds: float, provider: str = "") -> None:
+    RATE_LIMIT_WAITS.labels(scope, provider).inc()
+    RATE_LIMIT_WAIT_SECONDS.labels(scope).observe(wait_seconds)
+
+
 def handled(stage: str, seconds: float) -> None:
     HANDLER_SECONDS.labels(stage).observe(seconds)
 

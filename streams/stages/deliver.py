@@ -207,6 +207,7 @@ async def handle(event: EventT) -> None:
     share = partition_share(event.message.topic) * lane_budget(lane)
     wait = limits.take(f"tenant:{tenant_id}", tenant_rate(tenant_id), share=share)
     if wait > 0:
+        metrics.rate_limited("tenant", wait)
         await park(notification, wait, key=event.key, headers=headers)
         metrics.processed(STAGE, "tenant_rate_limited", notification["occurred_at"])
         return

@@ -10,9 +10,11 @@ stage handed each notification over.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.ids import notification_id
@@ -71,3 +73,12 @@ def test_a_tenant_sending_on_both_lanes_gets_its_rate_not_twice_it(pipeline: Pip
     assert observed <= RATE * 1.1, f"{observed:.2f}/s over a {RATE}/s limit"
     # Both lanes were served all along, not one after the other.
     assert observed >= RATE * 0.5
+    # The waits are on the transactional worker's /metrics (issue 15).
+    text = httpx.get(f"http://127.0.0.1:{pipeline.metrics_port}/metrics", timeout=10).text
+    waits = re.search(
+        r'^notifications_rate_limit_waits_total\{provider="",scope="tenant"\} (\S+)$', text, re.M
+    )
+    assert waits and float(waits.group(1)) > 0, "no tenant rate-limit wait counted"
+    assert re.search(
+        r'^notifications_rate_limit_wait_seconds_count\{scope="tenant"\} [1-9]', text, re.M
+    )

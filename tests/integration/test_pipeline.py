@@ -489,12 +489,13 @@ def test_worker_exposes_stage_metrics(pipeline: Pipeline) -> None:
         assert line in text, line
 
 
-def consumer_lag(port: int, topic: str) -> dict[tuple[str, str], float]:
-    """(group, partition) -> messages behind on `topic`, from a process's /metrics."""
+def consumer_lag(port: int, topic: str, unit: str = "messages") -> dict[tuple[str, str], float]:
+    """(group, partition) -> messages (or seconds) behind on `topic`, from a process's
+    /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     lag = {}
     for labels, value in re.findall(
-        r"^notifications_consumer_lag_messages\{(.*)\} (\S+)$", text, re.M
+        rf"^notifications_consumer_lag_{unit}\{{(.*)\}} (\S+)$", text, re.M
     ):
         label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         if label["topic"] == topic:
@@ -513,8 +514,11 @@ def test_worker_and_sink_report_their_consumer_lag(pipeline: Pipeline) -> None:
     status_topic = pipeline.topics.name("notifications.status")
 
     def caught_up(port: int, topic: str, group: str) -> bool:
-        lag = {k: v for k, v in consumer_lag(port, topic).items() if k[0] == group}
-        return bool(lag) and all(behind == 0 for behind in lag.values())
+        for unit in ("messages", "seconds"):
+            lag = {k: v for k, v in consumer_lag(port, topic, unit).items() if k[0] == group}
+            if not lag or any(behind != 0 for behind in lag.values()):
+                return False
+        return True
 
     # Committed within a second, read every 5 s: the worker's group on its input ...
     wait_until(lambda: caught_up(pipeline.metrics_port, requests_topic, group), 30, "lag 0")

@@ -23,6 +23,7 @@ SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 def _exported_names() -> set[str]:
     names = {metric.name for metric in REGISTRY.collect()}
     names.add(lag.METRIC)  # core/lag.py: registered by each process with its group
+    names.add(lag.SECONDS_METRIC)
     names.add(streams.runtime.metrics.BREAKER_METRIC)  # registered by the deliver stage
     return names
 
