@@ -210,6 +210,7 @@ class SinkRunner:
                 continue
             self.write_failure = None
             metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+            metrics.BATCH_SIZE.observe(len(batch))
             return True
 
     def _write_one_by_one(self, engine: Engine, batch: Batch) -> None:

@@ -527,6 +527,10 @@ def test_worker_and_sink_report_their_consumer_lag(pipeline: Pipeline) -> None:
     wait_until(
         lambda: caught_up(pipeline.sink_metrics_port, status_topic, sink_group), 30, "sink lag 0"
     )
+    # It wrote in batches, and says how large.
+    sink = httpx.get(f"http://127.0.0.1:{pipeline.sink_metrics_port}/metrics", timeout=5).text
+    batches = re.search(r"^notifications_sink_batch_messages_count (\S+)$", sink, re.M)
+    assert batches and float(batches.group(1)) >= 1, "no sink batch size observed"
 
 
 def test_worker_and_sink_answer_health_and_readiness(pipeline: Pipeline) -> None:
