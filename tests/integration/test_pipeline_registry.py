@@ -2,44 +2,73 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from fastavro import parse_schema, schemaless_writer
 
 from core.ids import notification_id
 from schemas import SchemaCatalog, build_codec
 from tests.integration.test_pipeline import HEADERS, request_record, shim_body
 from tests.support.pipeline import Pipeline, wait_until
 from tests.support.smtp import SmtpCapture
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def registry_pipeline(
-    kafka_bootstrap: str, fresh_database: str, smtp: SmtpCapture, log_dir: Path
+    registry_proxy: TcpProxy,
+    kafka_bootstrap: str,
+    fresh_database: str,
+    smtp: SmtpCapture,
+    log_dir: Path,
 ) -> Iterator[Pipeline]:
-    url = os.environ.get("TEST_SCHEMA_REGISTRY_URL")
-    if not url:
-        pytest.fail("TEST_SCHEMA_REGISTRY_URL is not set: run the suite with `make test`")
+    """The pipeline's processes reach the registry through `registry_proxy`, so a test can
+    take it away from them; the test's own codec talks to it directly."""
+    url = registry_url()
+    proxied = urlsplit(url)._replace(netloc=f"127.0.0.1:{registry_proxy.port}").geturl()
     pipe = Pipeline(
         bootstrap=kafka_bootstrap,
         database_url=fresh_database,
         smtp_port=smtp.port,
         log_dir=log_dir,
-        schema_registry_url=url,
+        schema_registry_url=proxied,
     )
+    pipe.codec = build_codec(url, pipe.schemas)
     pipe.start(shim=True)
     try:
         yield pipe
     finally:
         pipe.stop()
+
+
+def registry_url() -> str:
+    url = os.environ.get("TEST_SCHEMA_REGISTRY_URL")
+    if not url:
+        pytest.fail("TEST_SCHEMA_REGISTRY_URL is not set: run the suite with `make test`")
+    return url
+
+
+@pytest.fixture(scope="module")
+def registry_proxy() -> Iterator[TcpProxy]:
+    target = urlsplit(registry_url())
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 80)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 def test_registry_framed_events_flow_end_to_end(
@@ -144,3 +173,61 @@ def test_a_request_framed_with_a_schema_id_the_registry_does_not_know_is_dead_le
     assert [(r["stage"], r["value"], r["error_type"]) for r in found] == [
         ("request", unknown, "UnknownSchemaError")
     ], found
+
+
+def test_with_the_registry_gone_cached_schemas_flow_and_an_unknown_id_waits_for_it(
+    registry_pipeline: Pipeline, registry_proxy: TcpProxy, smtp: SmtpCapture
+) -> None:
+    """Issue 16, item 4: the registry goes away mid-run. Messages whose schemas the
+    processes hold flow end to end (every stage, the sink); a request written with a schema
+    id none of them has seen cannot be read: its stage says so and waits (it is not
+    dead-lettered: the registry being away is not the message's fault), and once the
+    registry is back it and everything behind it are sent. Runs last: it leaves the
+    pipeline waiting on the registry until it is restored."""
+    pipe = registry_pipeline
+    # A compatible new version of the request schema, registered by another producer: its id
+    # is one no process of the pipeline has fetched.
+    entry = pipe.schemas.entry("NotificationRequest")
+    evolved = json.loads(entry.expanded_json)
+    evolved["fields"].append({"name": "campaign", "type": ["null", "string"], "default": None})
+    client = SchemaRegistryClient({"url": registry_url()})
+    new_id = client.register_schema(
+        f"test-evolved-{uuid.uuid4().hex[:8]}", Schema(json.dumps(evolved), "AVRO")
+    )
+
+    registry_proxy.cut()
+    try:
+        cached = request_record("regless0")
+        pipe.produce_record("notifications.requests", "acme:regless0", cached)
+        pipe.flush()
+        cached_id = notification_id("acme", cached["request_id"], "regless0", "email")
+        pipe.wait_for_status([cached_id], {"sent"}, timeout=60)
+
+        unseen = {**request_record("regless1"), "campaign": "winter"}
+        body = io.BytesIO()
+        schemaless_writer(body, parse_schema(evolved), unseen)
+        framed = b"\x00" + new_id.to_bytes(4, "big") + body.getvalue()
+        pipe.produce("notifications.requests", "acme:regless1", framed)
+        behind = request_record("regless1")  # same key, same partition, right behind it
+        pipe.produce_record("notifications.requests", "acme:regless1", behind)
+        pipe.flush()
+        unseen_id = notification_id("acme", unseen["request_id"], "regless1", "email")
+        behind_id = notification_id("acme", behind["request_id"], "regless1", "email")
+
+        def says_why() -> bool:
+            return f"fetching schema id {new_id}" in pipe.worker.tail(400)
+
+        wait_until(says_why, 30, "the worker to say which schema it cannot fetch")
+        pipe.poll_statuses()
+        assert not pipe.statuses.get(unseen_id) and not pipe.statuses.get(behind_id)
+    finally:
+        registry_proxy.restore()
+
+    pipe.wait_for_status([unseen_id, behind_id], {"sent"}, timeout=90)
+    received = smtp.by_notification_id()
+    assert len(received[unseen_id]) == 1 and len(received[behind_id]) == 1
+    dead = [
+        pipe.codec.decode(m.value(), "DeadLetter")
+        for m in pipe.read_topic("notifications.dead-letter")
+    ]
+    assert not [d for d in dead if d["key"] == b"acme:regless1"], dead

@@ -281,7 +281,7 @@ def test_schedules_move_with_their_partitions_when_a_second_worker_joins(
     pipeline: Pipeline, smtp: SmtpCapture
 ) -> None:
     """Each worker ticks only the partitions it owns: after the rebalance, still once each."""
-    send_at = now_ms() + 30_000
+    send_at = now_ms() + 22_000  # the second worker is ready ~6 s after it starts
     users = [f"mv{i}" for i in range(40)]  # spread over every partition
     scheduled = [send(pipeline, user, send_at=send_at) for user in users]
     pipeline.flush()
