@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     # (tenants' rules from the admin API, on config.trigger-rules, still apply).
     trigger_rules_file: str | None = "streams/config/triggers.yaml"
 
+    # Oversized messages. A request larger than this is refused (failed, dead-lettered)
+    # before it is fanned out: Kafka's default limit is 1 MB, and a notification carries its
+    # request's content and data. A dead letter keeps the original bytes only up to
+    # dead_letter_max_value_bytes, so it fits the dead-letter topic's own limit.
+    request_max_bytes: int = 1_000_000
+    dead_letter_max_value_bytes: int = 512 * 1024
+
     # Sink and read model
     database_url: str = "sqlite:///var/notifications.db"
     sink_batch_size: int = 500

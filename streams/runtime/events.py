@@ -8,7 +8,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from faust.types import EventT
 
 from core import tracing
@@ -16,7 +16,7 @@ from core.ids import status_event_id
 from core.logs import loggable, processing, trace_id_of
 from schemas import RegistryUnavailableError, SchemaError
 from streams.runtime import metrics
-from streams.runtime.app import app, codec, topics
+from streams.runtime.app import app, codec, settings, topics
 from streams.runtime.config_views import ViewsNotReady
 
 log = logging.getLogger(__name__)
@@ -128,15 +128,25 @@ async def dead_letter(
         extra={"tenant_id": tenant_id, "notification_id": notification_id},
     )
     raw_key = message.key
+    original = value if value is not None else _raw(message.value)
+    error_text = str(error)[:4000]
+    if original is not None and len(original) > settings.dead_letter_max_value_bytes:
+        # Kept, it would not fit the dead-letter topic: say where the original still is.
+        error_text += (
+            f" (the original {len(original)} bytes are not kept, over "
+            f"DEAD_LETTER_MAX_VALUE_BYTES={settings.dead_letter_max_value_bytes}: read them at "
+            f"{message.topic}[{message.partition}]@{message.offset} while retention keeps them)"
+        )
+        original = None
     record = {
         "stage": stage,
         "source_topic": source_topic or message.topic,
         "source_partition": message.partition,
         "source_offset": message.offset,
         "key": raw_key if isinstance(raw_key, bytes) else None,
-        "value": value if value is not None else _raw(message.value),
+        "value": original,
         "error_type": type(error).__name__,
-        "error": str(error)[:4000],
+        "error": error_text,
         "tenant_id": tenant_id,
         "notification_id": notification_id,
         "failed_at": now_ms(),
@@ -157,7 +167,15 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     KafkaError,
     ViewsNotReady,
 )
+# ...except a message too large for Kafka: the fault of what the handler produced, never
+# cured by waiting (retrying it would hold the partition for good).
+TOO_LARGE_ERRORS: tuple[type[Exception], ...] = (MessageSizeTooLargeError, RecordTooLargeError)
 MAX_BACKOFF_SECONDS = 30.0
+
+
+def _too_large(exc: BaseException) -> bool:
+    # Faust wraps the producer's error in ProducerSendError.
+    return isinstance(exc, TOO_LARGE_ERRORS) or isinstance(exc.__cause__, TOO_LARGE_ERRORS)
 
 
 def _consuming(event: EventT, stage: str) -> AbstractContextManager[None]:
@@ -182,7 +200,8 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
     backoff, holding the partition: handlers are idempotent, and parking every message
     while the registry is down would empty the pipeline into the dead-letter topic.
     Anything else is a bug or a malformed message no rule foresaw: park it with its error
-    so the partition keeps moving and an operator can replay it after a fix.
+    so the partition keeps moving and an operator can replay it after a fix. So is output
+    Kafka refuses as too large, though a KafkaError: no wait makes it fit.
     """
     trace_id = trace_id_of(tracing.header_text(event.headers, "traceparent"))
     with processing(stage, trace_id), _consuming(event, stage):
@@ -193,12 +212,15 @@ async def guarded(stage: str, event: EventT, handler: Any) -> None:
                 await handler(event)
                 metrics.handled(stage, time.perf_counter() - started)
                 return
-            except TRANSIENT_ERRORS as exc:
-                log.warning("%s: %s; retrying in %.1fs", stage, loggable(exc), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
             except Exception as exc:
-                log.exception("unexpected error in %s", stage)
+                too_large = _too_large(exc)
+                if isinstance(exc, TRANSIENT_ERRORS) and not too_large:
+                    log.warning("%s: %s; retrying in %.1fs", stage, loggable(exc), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                    continue
+                if not too_large:
+                    log.exception("unexpected error in %s", stage)
                 await dead_letter(event, stage=stage, error=exc)
                 return
 

@@ -100,6 +100,11 @@ async def handle(event: EventT) -> None:
     )
     try:
         validate(request)
+        size = len(message.value or b"")
+        if size > settings.request_max_bytes:
+            raise Rejected(
+                f"request: {size} bytes, over REQUEST_MAX_BYTES={settings.request_max_bytes}"
+            )
     except Rejected as exc:
         await dead_letter(event, stage=STAGE, error=exc, tenant_id=request["tenant_id"])
         # Where ids can be derived, the caller can see why nothing was sent.

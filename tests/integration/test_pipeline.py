@@ -13,8 +13,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from core.ids import expected_partition, notification_id
+from core.kafka_clients import admin_config, client_config
 from tests.integration.conftest import now_ms
 from tests.support import requests
 from tests.support.pipeline import Pipeline, wait_until
@@ -553,6 +555,51 @@ def test_worker_and_sink_answer_health_and_readiness(pipeline: Pipeline) -> None
         "database",
     }
     assert "group" in probe(pipeline.metrics_port, "/ready").json()["checks"]
+
+
+def test_a_10_mb_request_fails_alone_and_the_one_behind_it_is_sent(
+    pipeline: Pipeline, smtp: SmtpCapture
+) -> None:
+    """Issue 16, item 4: a topic whose max.message.bytes was raised lets a 10 MB request
+    reach the request stage. It fails (REQUEST_MAX_BYTES) with a dead letter that does not
+    try to carry the 10 MB along (the dead-letter topic keeps Kafka's 1 MB limit), and the
+    request right behind it on the same partition is sent."""
+    topic = pipeline.topics.name("notifications.requests")
+    admin = AdminClient(admin_config(pipeline.settings))
+    raised = ConfigEntry(
+        "max.message.bytes", str(16 << 20), incremental_operation=AlterConfigOpType.SET
+    )
+    for future in admin.incremental_alter_configs(
+        [ConfigResource("topic", topic, incremental_configs=[raised])]
+    ).values():
+        future.result(timeout=30)
+    big_producer = Producer(client_config(pipeline.settings, **{"message.max.bytes": 16 << 20}))
+    key = "acme:huge"
+    huge = request_record("huge")
+    huge["data_json"] = json.dumps({"blob": "x" * (10 << 20)})
+    big_producer.produce(topic, key=key, value=pipeline.codec.encode("NotificationRequest", huge))
+    assert big_producer.flush(60) == 0
+    behind = request_record("huge")
+    pipeline.produce_record("notifications.requests", key, behind)
+    pipeline.flush()
+
+    huge_id = notification_id("acme", huge["request_id"], "huge", "email")
+    behind_id = notification_id("acme", behind["request_id"], "huge", "email")
+    pipeline.wait_for_status([behind_id], {"sent"})
+    pipeline.wait_for_status([huge_id], {"failed"})
+    [failed] = [e for e in pipeline.statuses[huge_id] if e["status"] == "failed"]
+    assert "over REQUEST_MAX_BYTES=1000000" in failed["reason"], failed["reason"]
+    assert huge_id not in smtp.by_notification_id()
+
+    def letter() -> list[dict[str, Any]]:
+        records = [
+            pipeline.codec.decode(m.value(), "DeadLetter")
+            for m in pipeline.read_topic("notifications.dead-letter")
+        ]
+        return [r for r in records if r["key"] == key.encode()]
+
+    [dead] = wait_until(letter, 30, "the dead letter of the 10 MB request")
+    assert dead["value"] is None and "bytes are not kept" in dead["error"], dead["error"]
 
 
 def test_messages_the_provider_cannot_take_fail_alone_and_trip_no_shared_breaker(
