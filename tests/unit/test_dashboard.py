@@ -80,3 +80,19 @@ def test_registering_the_lag_collector_asks_the_broker_nothing() -> None:
     collector = lag.ConsumerLag(Settings(kafka_bootstrap_servers="127.0.0.1:1"), "group")
     CollectorRegistry(auto_describe=True).register(collector)  # as the global REGISTRY
     assert collector._admin is None
+
+
+def test_compose_runs_jaeger_for_traces_and_hands_its_endpoint_to_every_process() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    jaeger = compose["services"]["jaeger"]
+    assert jaeger["profiles"] == ["observability"]
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]
+    for name in ("worker", "worker-bulk", "worker-status", "sink", "shim"):
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in compose["services"][name]["environment"], name
+
+
+def test_docs_observability_lists_every_exported_metric() -> None:
+    text = (ROOT / "docs/observability.md").read_text()
+    exported = {_base(n) for n in _exported_names() if n.startswith("notifications_")}
+    missing = {n for n in exported if not re.search(rf"`{n}(_total)?`", text)}
+    assert exported and missing == set()
