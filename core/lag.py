@@ -73,11 +73,6 @@ def group_positions(
     }
 
 
-def group_lag(admin: AdminClient, group: str, timeout: float = 5.0) -> dict[Partition, int]:
-    """Messages behind the high watermark, per partition the group has committed on."""
-    return {key: p.behind for key, p in group_positions(admin, group, timeout).items()}
-
-
 @dataclass
 class _Reading:
     first_seen: float  # when the watermark was first read at `high`
