@@ -66,11 +66,12 @@ def provision(settings: Settings, *, create: bool = True, timeout: float = 30.0)
         report.missing = absent
     elif absent:
         already = _create(admin, [specs[name] for name in absent], report, timeout)
-        # Created meanwhile by someone else, or not yet in the metadata we read: wait until
-        # they show up so their partition counts are checked too.
-        if already:
-            seen = _wait_visible(admin, already)
-            existing.update({name: seen[name] for name in already})
+        # Wait until every topic is in the metadata: a worker started right after provision
+        # reads it, and on a loaded broker a created topic can take seconds to show up (two
+        # test pipelines at once: the worker refused to start on "missing" topics). Those
+        # created meanwhile by someone else get their partition counts checked too.
+        seen = _wait_visible(admin, report.created + already)
+        existing.update({name: seen[name] for name in already})
     for name, spec in specs.items():
         have = existing.get(name)
         if have is None:
@@ -81,7 +82,7 @@ def provision(settings: Settings, *, create: bool = True, timeout: float = 30.0)
     return report
 
 
-def _wait_visible(admin: AdminClient, names: list[str], attempts: int = 20) -> dict[str, int]:
+def _wait_visible(admin: AdminClient, names: list[str], attempts: int = 120) -> dict[str, int]:
     for _ in range(attempts):
         seen = existing_partitions(admin)
         if all(name in seen for name in names):

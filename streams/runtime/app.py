@@ -6,6 +6,7 @@ Stage modules import `app` and `topics` from here and register their agents on i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from faust.serializers import codecs
@@ -37,12 +38,19 @@ class Utf8(codecs.Codec):
 
 codecs.register("utf8", Utf8())
 
+# Faust creates the app's folder but not its parents.
+FAUST_DATA_ROOT = Path("var/faust")
+FAUST_DATA_ROOT.mkdir(parents=True, exist_ok=True)
+
 app = FixedApp(
     settings.full_app_id,
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
     # TLS/SASL for every consumer and producer of the app (tables' changelogs included).
     broker_credentials=faust_credentials(settings),
     store="memory://",
+    # Faust's default is "<app id>-data" in the working directory: one stray folder per
+    # topic prefix (every test module, every bench run) at the top of the repo.
+    datadir=str(FAUST_DATA_ROOT / "{conf.name}-data"),
     # Topics (changelogs included) come from topics.yaml via core.provision; a worker
     # never creates one with guessed settings.
     topic_allow_declare=False,

@@ -22,6 +22,7 @@ import httpx
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from core.catalog import TopicCatalog
+from core.ids import notification_id
 from core.kafka_clients import client_config
 from core.provision import provision
 from core.settings import Settings
@@ -183,6 +184,7 @@ class Pipeline:
         )
         self._status_consumer: Consumer | None = None
         self.statuses: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.request_ids: dict[str, str] = {}  # notification id -> request id, of produce_record
 
     # -- lifecycle ------------------------------------------------------------------------
     def provision(self) -> None:
@@ -240,6 +242,13 @@ class Pipeline:
     def produce_record(self, logical_topic: str, key: str | None, record: dict[str, Any]) -> None:
         schema = self.topics[logical_topic].value_schema
         assert schema is not None
+        if schema == "NotificationRequest":  # so diagnose() can find the request of a notification
+            for recipient in record.get("recipients") or []:
+                for channel in record.get("channels") or []:
+                    user, request_id = recipient.get("user_id"), record.get("request_id")
+                    if isinstance(user, str) and isinstance(request_id, str):
+                        nid = notification_id(record["tenant_id"], request_id, user, channel)
+                        self.request_ids[nid] = request_id
         self.produce(logical_topic, key, self.codec.encode(schema, record))
 
     def flush(self) -> None:
@@ -292,62 +301,79 @@ class Pipeline:
             ) from None
 
     STAGE_TOPICS = (
+        "notifications.requests",
+        "notifications.requests.bulk",
         "notifications.accepted",
         "notifications.enriched",
         "notifications.rendered",
         "notifications.deliver.email",
+        "notifications.deliver.email.bulk",
         "notifications.deliver.in_app",
+        "notifications.deliver.in_app.bulk",
         "notifications.retry.short",
     )
 
+    def groups(self) -> list[str]:
+        """The consumer groups of this pipeline's worker parts (one per lane when split)."""
+        app_id = self.settings.full_app_id
+        if self.bulk_worker is None:
+            return [app_id]
+        return [app_id, f"{app_id}-bulk", f"{app_id}-status"]
+
     def progress_report(self) -> str:
-        """The worker group's committed offset against the end offset, per stage partition."""
-        group = Consumer(
-            client_config(
-                self.settings,
-                **{
-                    "group.id": self.settings.full_app_id,
-                    "enable.auto.commit": False,
-                },
+        """Each worker group's committed offset against the end offset, per stage partition
+        it has committed on ('-' where it never committed: not its topic, or nothing yet)."""
+        lines = []
+        for group_id in self.groups():
+            group = Consumer(
+                client_config(self.settings, **{"group.id": group_id, "enable.auto.commit": False})
             )
-        )
-        lines = ["--- worker group committed/end offsets ---"]
-        try:
-            for logical in self.STAGE_TOPICS:
-                name = self.topics.name(logical)
-                partitions = range(self.topics[logical].partitions)
-                committed = group.committed([TopicPartition(name, p) for p in partitions], 5)
-                progress = " ".join(
-                    f"p{tp.partition}:{tp.offset}/{group.get_watermark_offsets(tp, 5)[1]}"
-                    for tp in committed
-                )
-                lines.append(f"{logical}: {progress}")
-        except Exception as exc:
-            lines.append(f"(progress report failed: {exc!r})")
-        finally:
-            group.close()
+            lines.append(f"--- group {group_id}: committed/end offsets ---")
+            try:
+                for logical in self.STAGE_TOPICS:
+                    name = self.topics.name(logical)
+                    partitions = range(self.topics[logical].partitions)
+                    committed = group.committed([TopicPartition(name, p) for p in partitions], 5)
+                    if all(tp.offset < 0 for tp in committed):
+                        continue
+                    progress = " ".join(
+                        f"p{tp.partition}:{tp.offset}/{group.get_watermark_offsets(tp, 5)[1]}"
+                        for tp in committed
+                    )
+                    lines.append(f"{logical}: {progress}")
+            except Exception as exc:
+                lines.append(f"(progress report failed: {exc!r})")
+            finally:
+                group.close()
         return "\n".join(lines)
 
     def diagnose(self, stuck_ids: list[str]) -> str:
-        """Where stuck notifications sit on the stage topics, how far the worker's group has
-        committed there, and every task's stack (mode's SIGUSR1 handler logs them)."""
+        """Where stuck notifications sit on the stage topics (a request this Pipeline produced
+        is found by its request id), how far each worker group has committed there, and every
+        task's stack (mode's SIGUSR1 handler logs them)."""
         lines = ["--- where the stuck notifications are (topic[partition]@offset) ---"]
+        needles = [nid.encode() for nid in stuck_ids] + [
+            self.request_ids[nid].encode() for nid in stuck_ids if nid in self.request_ids
+        ]
         try:
             for logical in self.STAGE_TOPICS:
                 found = [
                     f"{m.partition()}@{m.offset()}"
                     for m in self.read_topic(logical, timeout=2.0)
-                    if any(nid.encode() in (m.value() or b"") for nid in stuck_ids)
+                    if any(needle in (m.value() or b"") for needle in needles)
                 ]
                 lines.append(f"{logical}: found {found or '-'}")
         except Exception as exc:  # a diagnosis must not hide the failure it explains
             lines.append(f"(diagnosis failed: {exc!r})")
         lines.append(self.progress_report())
-        if self.worker.alive() and self.worker.proc is not None:
-            self.worker.proc.send_signal(signal.SIGUSR1)
-            time.sleep(3)
-        lines.append(f"--- worker log ({self.worker.log_path}) ---")
-        lines.append(self.worker.tail(40))
+        for part in (self.worker, self.bulk_worker, self.status_worker):
+            if part is not None and part.alive() and part.proc is not None:
+                part.proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        for part in (self.worker, self.bulk_worker, self.status_worker):
+            if part is not None:
+                lines.append(f"--- {part.name} log ({part.log_path}) ---")
+                lines.append(part.tail(40 if part is self.worker else 15))
         return "\n".join(lines)
 
     def read_topic(self, logical_topic: str, timeout: float = 5.0) -> list[Any]:
