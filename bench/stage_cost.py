@@ -26,6 +26,11 @@ the target holds N records. Variants:
   e      as d-raw on uvloop, orjson for the JSON field (needs uvloop/orjson importable, e.g.
          `pip install --target var/spike-extra uvloop orjson`; var/spike-extra is on sys.path)
 
+  r      streams/runtime/batch_loop.py's BatchLoop (the runtime the stages move onto) with
+         the project codec: d's loop plus per-message dead-letter staging and table hooks
+  r-table  r plus one ChangelogTable write per message (a "delivered" mark produced to a
+         compacted changelog), as the deliver stage makes
+
 The "change" in every variant: attempt += 1 and data_json parsed, given a key, dumped again
 (stages parse data_json; it is where orjson could matter). No trace headers, no tables, no
 status events: this is the floor of one hop, not a stage.
@@ -68,7 +73,7 @@ SCHEMA = "io.notifications.Notification"
 PARTITIONS = 4
 BATCH = 500
 WITHIN = 0.01
-VARIANTS = ("a", "b", "c", "d", "d-raw", "e")
+VARIANTS = ("a", "b", "c", "d", "d-raw", "e", "r", "r-table")
 
 
 def _kafka(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +318,54 @@ class RawAvro:
         buf.write(self.header)
         self.writer(buf, self.parsed, record)
         return buf.getvalue()
+
+
+def run_batch_loop(args: argparse.Namespace) -> None:
+    """Variants r and r-table: the relay as a BatchLoop handler."""
+    from streams.runtime.batch_loop import BatchLoop, ChangelogTable, Context, Output
+
+    codec = build_codec(None, SchemaCatalog.load())
+    tables: list[ChangelogTable] = []
+    if args.variant == "r-table":
+        changelog = f"{args.target}.changelog"
+        admin = AdminClient(_kafka(args.bootstrap, {}))
+        for future in admin.create_topics(
+            [NewTopic(changelog, PARTITIONS, 1, config={"cleanup.policy": "compact"})]
+        ).values():
+            future.result()
+        tables.append(ChangelogTable("delivered", changelog))
+    window = Window(args.broker_pid)
+    seen = 0
+
+    async def relay(message: Any, out: Context) -> None:
+        nonlocal seen
+        seen += 1
+        if not window.started:
+            window.start(1)
+        record = codec.decode(message.value(), SCHEMA)
+        change(record, json.loads, json.dumps)
+        if tables:
+            tables[0].put(message.partition(), record["notification_id"].encode(), b"1")
+        out.produce(args.target, message.key(), codec.encode(SCHEMA, record))
+        if seen >= args.count:
+            loop.stop()
+
+    def dead_letter(message: Any, error: BaseException) -> Output:
+        raise SystemExit(f"relay failed: {error!r}")
+
+    loop = BatchLoop(
+        name="bench",
+        settings=Settings(kafka_bootstrap_servers=args.bootstrap),
+        group_id=args.group,
+        topics=[args.source],
+        handler=relay,
+        dead_letter=dead_letter,
+        tables=tables,
+        max_batch=BATCH,
+        within=WITHIN,
+    )
+    asyncio.run(loop.run())  # returns once every output is acknowledged and committed
+    write_result(args.result, window.result(seen))
 
 
 def run_plain(args: argparse.Namespace) -> None:
@@ -569,7 +622,7 @@ def run_one(args: argparse.Namespace, admin: AdminClient, source: str, variant: 
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         error = f"{error}; see {log.relative_to(REPO)}: {' | '.join(tail)[:300]}"
     produced = high_water_total(args.bootstrap, target)
-    admin.delete_topics([target])
+    admin.delete_topics([target] + ([f"{target}.changelog"] if variant == "r-table" else []))
     if result is not None and produced != args.count:
         error = f"target holds {produced}, expected {args.count}"
     return Run(variant, i, result, child_cpu, produced, error)
@@ -630,7 +683,12 @@ def main() -> None:
             global PROFILER
             PROFILER = cProfile.Profile()
             PROFILER.enable()
-        (run_faust if args.variant in ("a", "b", "c") else run_plain)(args)
+        if args.variant in ("a", "b", "c"):
+            run_faust(args)
+        elif args.variant.startswith("r"):
+            run_batch_loop(args)
+        else:
+            run_plain(args)
         return
 
     print("codec, in process, µs per record:")
