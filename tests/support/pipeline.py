@@ -183,6 +183,9 @@ class Pipeline:
             )
         )
         self._status_consumer: Consumer | None = None
+        # (error, message) of every produce the broker refused, until flush() re-produces it.
+        self.undelivered: list[tuple[str, tuple[Any, ...]]] = []
+        self.delivered_at: dict[str, str] = {}  # request id -> where the broker acked it
         self.statuses: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.request_ids: dict[str, str] = {}  # notification id -> request id, of produce_record
 
@@ -235,9 +238,28 @@ class Pipeline:
         value: bytes | None,
         headers: dict[str, bytes] | None = None,
     ) -> None:
-        self.producer.produce(
-            self.topics.name(logical_topic), key=key, value=value, headers=headers
-        )
+        self._send(self.topics.name(logical_topic), key, value, headers)
+
+    def _send(
+        self,
+        topic: str,
+        key: str | None,
+        value: bytes | None,
+        headers: dict[str, bytes] | None,
+        label: str | None = None,
+    ) -> None:
+        """Produce; the delivery report is kept: where a `label`led message landed
+        (`delivered_at`), or the refusal (`undelivered`)."""
+
+        def delivered(err: Any, message: Any) -> None:
+            if err is not None:
+                self.undelivered.append((str(err), (topic, key, value, headers, label)))
+            elif label is not None:
+                self.delivered_at[label] = (
+                    f"{message.topic()}[{message.partition()}]@{message.offset()}"
+                )
+
+        self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
 
     def produce_record(self, logical_topic: str, key: str | None, record: dict[str, Any]) -> None:
         schema = self.topics[logical_topic].value_schema
@@ -249,10 +271,26 @@ class Pipeline:
                     if isinstance(user, str) and isinstance(request_id, str):
                         nid = notification_id(record["tenant_id"], request_id, user, channel)
                         self.request_ids[nid] = request_id
-        self.produce(logical_topic, key, self.codec.encode(schema, record))
+        label = record.get("request_id") if schema == "NotificationRequest" else None
+        self._send(
+            self.topics.name(logical_topic), key, self.codec.encode(schema, record), None, label
+        )
 
     def flush(self) -> None:
-        assert self.producer.flush(30) == 0, "messages left unflushed"
+        """Wait until every message produced is acknowledged. One the broker refused is
+        produced again, as an upstream publisher would, and the refusal printed: without a
+        delivery report a refused message used to vanish and show up only as a notification
+        with no status at all (test_lane_rate_limits, 1 of 48, twice in CI)."""
+        for _ in range(3):
+            assert self.producer.flush(30) == 0, "messages left unflushed"
+            if not self.undelivered:
+                return
+            failed, self.undelivered = self.undelivered, []
+            errors = sorted({error for error, _ in failed})
+            print(f"re-producing {len(failed)} refused message(s): {errors}")
+            for _error, message in failed:
+                self._send(*message)
+        assert self.producer.flush(30) == 0 and not self.undelivered, self.undelivered[:3]
 
     # -- observing ------------------------------------------------------------------------
     def poll_statuses(self) -> dict[str, list[dict[str, Any]]]:
@@ -365,6 +403,11 @@ class Pipeline:
                 lines.append(f"{logical}: found {found or '-'}")
         except Exception as exc:  # a diagnosis must not hide the failure it explains
             lines.append(f"(diagnosis failed: {exc!r})")
+        for nid in stuck_ids:
+            request_id = self.request_ids.get(nid)
+            if request_id is not None:
+                where = self.delivered_at.get(request_id, "no delivery report")
+                lines.append(f"request {request_id} of {nid}: acknowledged at {where}")
         lines.append(self.progress_report())
         for part in (self.worker, self.bulk_worker, self.status_worker):
             if part is not None and part.alive() and part.proc is not None:
