@@ -272,7 +272,7 @@ class BatchLoop:
                 if _transient(exc):
                     log.warning("%s: %s; retrying", self.name, loggable(exc))
                     self._rewind(messages[index:])
-                    self._send(batch, [])
+                    self._queue_for_commit(batch)
                     return False
                 log.exception(
                     "%s: dead-lettering %s[%s]@%s",
@@ -289,12 +289,15 @@ class BatchLoop:
             batch.offsets[(message.topic() or "", message.partition() or 0)] = (
                 message.offset() or 0
             ) + 1
-        self._send(batch, [])
+        self._queue_for_commit(batch)
         return True
 
+    def _queue_for_commit(self, batch: _Batch) -> None:
+        if batch.offsets:  # a batch of only consume errors has nothing to commit
+            self._inflight.append(batch)
+
     def _send(self, batch: _Batch, outputs: list[Output]) -> None:
-        """Produce outputs counted against `batch`; the batch joins the commit queue once it
-        has offsets to commit (a batch of only consume errors has none)."""
+        """Produce outputs, each counted against `batch` until its delivery report."""
         for output in outputs:
             batch.pending += 1
             kwargs: dict[str, Any] = {"on_delivery": batch.delivered}
@@ -308,8 +311,6 @@ class BatchLoop:
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self.producer.poll(0.05)
-        if batch.offsets and batch not in self._inflight:
-            self._inflight.append(batch)
 
     def _rewind(self, unhandled: list[Message]) -> None:
         assert self.consumer is not None

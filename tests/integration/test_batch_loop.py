@@ -85,9 +85,7 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> 
     return messages
 
 
-def make_loop(
-    bootstrap: str, names: dict[str, str], handler, *, tables=(), group: str | None = None, **kw
-) -> BatchLoop:
+def make_loop(bootstrap: str, names: dict[str, str], handler, *, tables=(), **kw) -> BatchLoop:
     def dead_letter(message: Message, error: BaseException) -> Output:
         return Output(
             names["dead-letter"], message.key(), message.value(), [("error", str(error).encode())]
@@ -96,7 +94,7 @@ def make_loop(
     return BatchLoop(
         name="test",
         settings=Settings(kafka_bootstrap_servers=bootstrap),
-        group_id=group or f"{names['source']}-group",
+        group_id=f"{names['source']}-group",
         topics=[names["source"]],
         handler=handler,
         dead_letter=dead_letter,
