@@ -264,23 +264,24 @@ class Pipeline:
     def produce_record(self, logical_topic: str, key: str | None, record: dict[str, Any]) -> None:
         schema = self.topics[logical_topic].value_schema
         assert schema is not None
+        label = None
         if schema == "NotificationRequest":  # so diagnose() can find the request of a notification
+            label = record.get("request_id")
             for recipient in record.get("recipients") or []:
                 for channel in record.get("channels") or []:
-                    user, request_id = recipient.get("user_id"), record.get("request_id")
-                    if isinstance(user, str) and isinstance(request_id, str):
-                        nid = notification_id(record["tenant_id"], request_id, user, channel)
-                        self.request_ids[nid] = request_id
-        label = record.get("request_id") if schema == "NotificationRequest" else None
+                    user = recipient.get("user_id")
+                    if isinstance(user, str) and isinstance(label, str):
+                        nid = notification_id(record["tenant_id"], label, user, channel)
+                        self.request_ids[nid] = label
         self._send(
             self.topics.name(logical_topic), key, self.codec.encode(schema, record), None, label
         )
 
     def flush(self) -> None:
         """Wait until every message produced is acknowledged. One the broker refused is
-        produced again, as an upstream publisher would, and the refusal printed: without a
-        delivery report a refused message used to vanish and show up only as a notification
-        with no status at all (test_lane_rate_limits, 1 of 48, twice in CI)."""
+        produced again, as an upstream publisher would, and the refusal printed. Before, a
+        refusal went unseen: the flaky test_lane_rate_limits lost requests that never reached
+        the topic, and nothing said whether the producer had been told."""
         for _ in range(3):
             assert self.producer.flush(30) == 0, "messages left unflushed"
             if not self.undelivered:
