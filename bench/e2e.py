@@ -144,8 +144,12 @@ def run_pipeline(bootstrap: str, count: int, log_dir: Path, workers: int = 1) ->
         written = {t: after[t] - before.get(t, 0) for t in after if after[t] > before.get(t, 0)}
         name = f"pipeline ({workers} worker{'s' if workers > 1 else ''})"
         result = Result(name, count, seconds, latencies, written)
-        result.consumed_topics = _group_topics(
-            bootstrap, settings.full_app_id, settings.topic_prefix
+        # The Faust agents' group and the status stage's batched loop's.
+        result.consumed_topics = set().union(
+            *(
+                _group_topics(bootstrap, group, settings.topic_prefix)
+                for group in (settings.full_app_id, f"{settings.full_app_id}-loop")
+            )
         )
         return result
     finally:

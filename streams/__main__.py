@@ -65,8 +65,7 @@ def main() -> None:
         from streams.state import scheduler  # noqa: F401
         from streams.triggers import agents as triggers  # noqa: F401
     if runs_status_flows(settings):
-        from streams import receipts  # noqa: F401
-        from streams.stages import status  # noqa: F401
+        from streams.stages import status_loop  # noqa: F401  (status, receipts)
         from streams.state import batches  # noqa: F401
         from streams.webhooks import agents as status_webhooks  # noqa: F401
 

@@ -9,19 +9,28 @@ partition: the receipt is checked against the notification (it must exist and be
 receipt's tenant), deduplicated on the provider's event id, and becomes a status event whose
 id derives from that event id. The status stage's ranking then decides whether it changes the
 latest state (a `bounced` after `delivered` does; a late `delivered` after `read` does not).
+Receipts are read by the status stage's batched loop (streams/stages/status.py), which
+calls `handle` for each.
 """
 
 from __future__ import annotations
 
-from faust.types import EventT, StreamT
+from confluent_kafka import Message
 
 from core.ids import status_event_id
 from streams.runtime import metrics
-from streams.runtime.app import app, settings, table, topics
-from streams.runtime.events import Rejected, dead_letter, decode_or_dead_letter, guarded, now_ms
-from streams.runtime.events import outgoing_headers as child_headers
+from streams.runtime.app import settings
+from streams.runtime.batch_loop import Context
+from streams.runtime.events import Rejected, now_ms
+from streams.runtime.loop_stage import (
+    JsonTable,
+    child_headers,
+    decode,
+    key_text,
+    produce,
+    sweep_expired,
+)
 from streams.stages.status import state_of
-from streams.state.expiry import Sweeper
 
 STAGE = "receipt"
 RECEIPT_STATUSES = frozenset({"delivered", "bounced", "failed", "read"})
@@ -29,16 +38,16 @@ RECEIPT_STATUSES = frozenset({"delivered", "bounced", "failed", "read"})
 # f"{tenant}:{notification_id}:{provider}:{provider_event_id}" -> {"at": ms, "partition": n}.
 # Scoped to the notification: a tenant with its own provider account cannot block another
 # tenant's receipt by sending one with the same provider event id first.
-receipts_seen = table("receipts-seen")
-_sweeper = Sweeper(receipts_seen, settings.delivered_ttl_seconds * 1000)
+receipts_seen = JsonTable("receipts-seen")
+_TTL_MS = settings.delivered_ttl_seconds * 1000
+SWEEP_INTERVAL_MS = 60_000
+_last_sweep: dict[int, int] = {}
 
 
-async def handle(event: EventT) -> None:
-    receipt = await decode_or_dead_letter(event, "ProviderReceipt", STAGE)
-    if receipt is None:
-        return
-    nid = receipt["notification_id"]
-    state = state_of(nid)
+async def handle(message: Message, context: Context) -> None:
+    receipt = decode(message, "ProviderReceipt")
+    nid, partition = receipt["notification_id"], message.partition() or 0
+    state = state_of(nid, partition)
     problem = None
     if receipt["status"] not in RECEIPT_STATUSES:
         problem = f"a receipt cannot say {receipt['status']!r}"
@@ -47,12 +56,11 @@ async def handle(event: EventT) -> None:
     elif receipt["tenant_id"] and receipt["tenant_id"] != state["tenant_id"]:
         problem = f"notification {nid!r} is not tenant {receipt['tenant_id']!r}'s"
     if problem is not None:
-        await dead_letter(event, stage=STAGE, error=Rejected(problem), notification_id=nid)
-        return
+        raise Rejected(problem)  # dead-lettered by the loop
     assert state is not None
     provider_event = f"{receipt['provider']}:{receipt['provider_event_id']}"
     seen_key = f"{state['tenant_id']}:{nid}:{provider_event}"
-    if seen_key in receipts_seen:
+    if receipts_seen.get(partition, seen_key) is not None:
         metrics.processed(STAGE, "duplicate")
         return
     record = {
@@ -74,16 +82,13 @@ async def handle(event: EventT) -> None:
         "request_occurred_at": state.get("request_occurred_at") or receipt["occurred_at"],
         "occurred_at": receipt["occurred_at"],
     }
-    await topics.sink("notifications.status").send(
-        key=nid, value=record, headers=child_headers(event)
-    )
-    # Recorded after the send: a crash in between sends the same event id again.
-    receipts_seen[seen_key] = {"at": now_ms(), "partition": event.message.partition}
-    _sweeper.maybe_sweep(event.message.partition, now_ms())
+    headers = child_headers(message)
+    await produce(context, "notifications.status", key_text(message), record, headers)
+    # Written in the same batch: its changelog write is acknowledged before the receipt's
+    # offset is committed, as the status event is.
+    now = now_ms()
+    receipts_seen.put(partition, seen_key, {"at": now, "partition": partition})
+    if now - _last_sweep.setdefault(partition, now) >= SWEEP_INTERVAL_MS:
+        _last_sweep[partition] = now
+        sweep_expired(receipts_seen, partition, now, _TTL_MS)
     metrics.processed(STAGE, receipt["status"])
-
-
-@app.agent(topics.source("notifications.receipts"), concurrency=1)
-async def apply_receipts(stream: StreamT) -> None:
-    async for event in stream.events():
-        await guarded(STAGE, event, handle)

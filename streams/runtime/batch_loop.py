@@ -200,6 +200,9 @@ class BatchLoop:
         max_batch: int = 500,
         within: float = 0.01,
         restore_timeout: float = 60.0,
+        transient: tuple[type[BaseException], ...] = (),
+        on_rebalance: Callable[[], None] | None = None,
+        start_from_group: str | None = None,
     ) -> None:
         self.name = name
         self.topics = topics
@@ -209,6 +212,14 @@ class BatchLoop:
         self.max_batch = max_batch
         self.within = within
         self.restore_timeout = restore_timeout
+        # Errors of the stage's own infrastructure (a schema registry down...) that are
+        # waited out like TransientError.
+        self.transient = transient
+        # Called after every assignment and revocation: state kept outside the tables.
+        self.on_rebalance = on_rebalance
+        # A group whose committed offsets a partition starts from when this group has none:
+        # a stage moved here from a Faust agent continues where the agent stopped.
+        self.start_from_group = start_from_group
         self.settings = settings
         self.group_id = group_id
         # Brokers and security from the settings (core.kafka_clients), like every client.
@@ -269,7 +280,7 @@ class BatchLoop:
                 await self.handler(message, context)
             except Exception as exc:
                 self._discard_staged()
-                if _transient(exc):
+                if _transient(exc) or isinstance(exc, self.transient):
                     log.warning("%s: %s; retrying", self.name, loggable(exc))
                     self._rewind(messages[index:])
                     self._queue_for_commit(batch)
@@ -367,6 +378,8 @@ class BatchLoop:
     # -- rebalance callbacks (run inside consume(), on its thread) ----------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
+        if self.start_from_group is not None:
+            self._start_where_the_other_group_stopped(consumer, partitions)
         if self.tables:
             # Assigned, never subscribed: its group id is only a name, nothing is committed.
             reader = Consumer(consumer_config(self.settings, f"{self.group_id}-restore"))
@@ -382,6 +395,8 @@ class BatchLoop:
         log.info(
             "%s: assigned %s", self.name, sorted((tp.topic, tp.partition) for tp in partitions)
         )
+        if self.on_rebalance is not None:
+            self.on_rebalance()
         # This callback may run on the thread of a to_thread(consume): hand over to the loop.
         self._event_loop.call_soon_threadsafe(self.ready.set)
 
@@ -394,6 +409,43 @@ class BatchLoop:
             for number in table.partitions() - kept:
                 table._drop(number)
         log.info("%s: revoked %s", self.name, sorted((tp.topic, tp.partition) for tp in partitions))
+        if self.on_rebalance is not None:
+            self.on_rebalance()
+
+    def _start_where_the_other_group_stopped(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Partitions this group never committed on start at `start_from_group`'s commit.
+
+        Without it, a stage moved off a Faust agent would re-read its topics from the start
+        (auto.offset.reset=earliest): every webhook of the topic's retention sent again.
+        """
+        assert self.start_from_group is not None
+        own = consumer.committed(partitions, timeout=self.restore_timeout)
+        fresh = [TopicPartition(tp.topic, tp.partition) for tp in own if tp.offset < 0]
+        if not fresh:
+            return
+        other = Consumer(consumer_config(self.settings, self.start_from_group))
+        try:
+            theirs = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in other.committed(fresh, timeout=self.restore_timeout)
+                if tp.offset >= 0
+            }
+        finally:
+            other.close()
+        if not theirs:
+            return
+        for tp in partitions:
+            if (tp.topic, tp.partition) in theirs:
+                tp.offset = theirs[(tp.topic, tp.partition)]
+        log.info(
+            "%s: starting %d partitions at %s's offsets",
+            self.name,
+            len(theirs),
+            self.start_from_group,
+        )
+        consumer.assign(partitions)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -101,6 +101,46 @@ def _raw(value: Any) -> bytes | None:
     return value if isinstance(value, bytes) else None
 
 
+def dead_letter_record(
+    *,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    raw_key: bytes | None,
+    original: bytes | None,
+    error: BaseException,
+    tenant_id: str | None = None,
+    notification_id: str | None = None,
+    error_history: list[str] | None = None,
+    source_topic: str | None = None,
+) -> dict[str, Any]:
+    """A DeadLetter record: the message, where it was read, and why it was parked."""
+    error_text = str(error)[:4000]
+    if original is not None and len(original) > settings.dead_letter_max_value_bytes:
+        # Kept, it would not fit the dead-letter topic: say where the original still is.
+        error_text += (
+            f" (the original {len(original)} bytes are not kept, over "
+            f"DEAD_LETTER_MAX_VALUE_BYTES={settings.dead_letter_max_value_bytes}: read them at "
+            f"{topic}[{partition}]@{offset} while retention keeps them)"
+        )
+        original = None
+    return {
+        "stage": stage,
+        "source_topic": source_topic or topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "key": raw_key,
+        "value": original,
+        "error_type": type(error).__name__,
+        "error": error_text,
+        "tenant_id": tenant_id,
+        "notification_id": notification_id,
+        "failed_at": now_ms(),
+        "error_history": error_history or [],
+    }
+
+
 async def dead_letter(
     event: EventT,
     *,
@@ -128,30 +168,19 @@ async def dead_letter(
         extra={"tenant_id": tenant_id, "notification_id": notification_id},
     )
     raw_key = message.key
-    original = value if value is not None else _raw(message.value)
-    error_text = str(error)[:4000]
-    if original is not None and len(original) > settings.dead_letter_max_value_bytes:
-        # Kept, it would not fit the dead-letter topic: say where the original still is.
-        error_text += (
-            f" (the original {len(original)} bytes are not kept, over "
-            f"DEAD_LETTER_MAX_VALUE_BYTES={settings.dead_letter_max_value_bytes}: read them at "
-            f"{message.topic}[{message.partition}]@{message.offset} while retention keeps them)"
-        )
-        original = None
-    record = {
-        "stage": stage,
-        "source_topic": source_topic or message.topic,
-        "source_partition": message.partition,
-        "source_offset": message.offset,
-        "key": raw_key if isinstance(raw_key, bytes) else None,
-        "value": original,
-        "error_type": type(error).__name__,
-        "error": error_text,
-        "tenant_id": tenant_id,
-        "notification_id": notification_id,
-        "failed_at": now_ms(),
-        "error_history": error_history or [],
-    }
+    record = dead_letter_record(
+        stage=stage,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        raw_key=raw_key if isinstance(raw_key, bytes) else None,
+        original=value if value is not None else _raw(message.value),
+        error=error,
+        tenant_id=tenant_id,
+        notification_id=notification_id,
+        error_history=error_history,
+        source_topic=source_topic,
+    )
     metrics.dead_lettered(stage, type(error).__name__)
     tracing.mark_failed(f"dead-lettered: {type(error).__name__}: {error}")
     await topics.sink("notifications.dead-letter").send(

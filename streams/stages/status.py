@@ -14,6 +14,12 @@ carrying its id (a request published straight to Kafka) never move its counters 
 it early. A batch id that was never created is an upstream producer's ad-hoc label: its
 statuses are counted, it has no owner and it never completes (no expected total).
 
+The status events and the receipts (same key, same partition numbers) are read by one
+batched loop (streams/runtime/batch_loop.py), not Faust agents: at four status events per
+notification this stage was the pipeline's busiest consumer. The loop also runs the status
+webhooks' dispatch (streams/webhooks/agents.py) on each event it has decoded. The batch
+counters stay a Faust agent, co-partitioned with the batch stage's `batches` table.
+
 Batch completion: once a batch's expected total is known (streams.state.batches) and that many
 members are final, `batch.completed` goes to notifications.batch-events, once. See
 docs/batches.md.
@@ -24,11 +30,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from confluent_kafka import Message
 from faust.types import EventT, StreamT
 
 from core.lifecycle import rank
-from streams.runtime.app import app, table, topics
+from streams.runtime.app import app, topics
+from streams.runtime.batch_loop import Context
 from streams.runtime.events import decode_or_dead_letter, guarded, outgoing_headers
+from streams.runtime.loop_stage import JsonTable, decode, headers_of, produce
 from streams.state.batches import (
     apply_member,
     batch_state,
@@ -38,6 +47,7 @@ from streams.state.batches import (
     expected_total,
     shard_key,
 )
+from streams.webhooks.agents import dispatch as dispatch_webhooks
 
 STAGE = "status"
 log = logging.getLogger(__name__)
@@ -46,7 +56,7 @@ log = logging.getLogger(__name__)
 # retriable failure (each may be read long after). The passing states (accepted, rendered,
 # queued) are gone in milliseconds; they are kept in memory only (`_passing`), which saves
 # three changelog writes per notification (a third of all messages it caused before).
-notification_state = table("notification-state")
+notification_state = JsonTable("notification-state")
 _passing: dict[str, dict[str, Any]] = {}
 PASSING_STATUSES = frozenset({"accepted", "rendered", "queued"})
 MAX_PASSING = 200_000  # a bound for partitions revoked mid-flight (their final never comes here)
@@ -56,27 +66,25 @@ def _newer(event: dict[str, Any], current: dict[str, Any] | None) -> bool:
     return current is None or rank(event["status"], event["retriable"]) > current["rank"]
 
 
-def state_of(nid: str) -> dict[str, Any] | None:
-    """The notification's latest state: the table's, or a newer passing one in memory."""
-    kept, passing = notification_state.get(nid), _passing.get(nid)
+def state_of(nid: str, partition: int | None = None) -> dict[str, Any] | None:
+    """The notification's latest state: the table's, or a newer passing one in memory.
+    `partition`: the notification's (known while handling its messages); None looks in
+    every partition this worker holds."""
+    kept = (
+        notification_state.find(nid)
+        if partition is None
+        else notification_state.get(partition, nid)
+    )
+    passing = _passing.get(nid)
     if passing is not None and (kept is None or passing["rank"] > kept["rank"]):
         return passing
     return kept
 
 
-@notification_state.on_recover
-async def _forget_passing() -> None:
-    """After a rebalance this worker may own other partitions: passing states of the ones it
-    lost would never be replaced by a final one here."""
-    _passing.clear()
-
-
-async def handle_status(event: EventT) -> None:
-    status = await decode_or_dead_letter(event, "StatusEvent", STAGE)
-    if status is None:
-        return
-    nid = status["notification_id"]
-    current = state_of(nid)
+async def handle_status(message: Message, context: Context) -> None:
+    status = decode(message, "StatusEvent")
+    nid, partition = status["notification_id"], message.partition() or 0
+    current = state_of(nid, partition)
     if _newer(status, current):
         state = {
             "status": status["status"],
@@ -96,12 +104,12 @@ async def handle_status(event: EventT) -> None:
             if len(_passing) > MAX_PASSING:
                 del _passing[next(iter(_passing))]
         else:
-            notification_state[nid] = state
+            notification_state.put(partition, nid, state)
             _passing.pop(nid, None)
+    headers = headers_of(message)
     if status["batch_id"]:
-        await topics.sink("notifications.status.by-batch").send(
-            key=status["batch_id"], value=status, headers=event.headers
-        )
+        await produce(context, "notifications.status.by-batch", status["batch_id"], status, headers)
+    await dispatch_webhooks(status, message, context)
 
 
 async def handle_batch_status(event: EventT) -> None:
@@ -127,12 +135,6 @@ async def handle_batch_status(event: EventT) -> None:
     if shard is not None:
         batch_state[key] = shard
     await check_completion(batch_id, outgoing_headers(event))
-
-
-@app.agent(topics.source("notifications.status"), concurrency=1)
-async def track_status(stream: StreamT) -> None:
-    async for event in stream.events():
-        await guarded(STAGE, event, handle_status)
 
 
 @app.agent(topics.source("notifications.status.by-batch"), concurrency=1)

@@ -4,8 +4,9 @@
                                                        -> webhooks.retry.<tier> (transient)
                                                        -> webhooks.delivery-log (each attempt)
 
-- **dispatch** reads every status event and, for each enabled subscription of its tenant
-  whose event types include its status (streams.webhooks.subscriptions), writes one
+- **dispatch** runs in the status stage's batched loop (streams/stages/status_loop.py) on
+  every status event and, for each enabled subscription of its tenant whose event types
+  include its status (streams.webhooks.subscriptions), writes one
   WebhookDelivery keyed tenant_id:subscription_id. Its id is derived from the event and the
   subscription, so a replayed status event yields the same delivery id.
 - **deliver** POSTs it, signed with the subscription's current secret(s), to the
@@ -29,13 +30,16 @@ import time
 from typing import Any
 
 import httpx
+from confluent_kafka import Message
 from faust.types import EventT, StreamT
 
 from connectors.egress import Egress, guarded_client
 from core.sealing import SealingError
 from streams.runtime import metrics
 from streams.runtime.app import app, settings, topics
+from streams.runtime.batch_loop import Context
 from streams.runtime.events import decode_or_dead_letter, guarded, now_ms, outgoing_headers
+from streams.runtime.loop_stage import child_headers, produce
 from streams.runtime.parts import runs_status_flows
 from streams.webhooks import subscriptions as webhook_subscriptions
 from streams.webhooks.retry import next_step, register_release_agents
@@ -63,19 +67,15 @@ _client = guarded_client(
 )
 
 
-async def dispatch(event: EventT) -> None:
-    status = await decode_or_dead_letter(event, "StatusEvent", DISPATCH)
-    if status is None:
-        return
-    out = outgoing_headers(event)
+async def dispatch(status: dict[str, Any], message: Message, context: Context) -> None:
+    """Called by the status stage's loop (streams/stages/status.py) for each status event."""
     sent = 0
     for subscription in webhook_subscriptions.for_tenant(status["tenant_id"]):
         if not matches(subscription, status):
             continue
         job = delivery_job(status, subscription, now_ms())
-        await topics.sink("webhooks.outgoing").send(
-            key=subscription_key(job["tenant_id"], job["subscription_id"]), value=job, headers=out
-        )
+        key = subscription_key(job["tenant_id"], job["subscription_id"])
+        await produce(context, "webhooks.outgoing", key, job, child_headers(message))
         sent += 1
     if sent:
         metrics.processed(DISPATCH, "dispatched", status["occurred_at"])
@@ -146,7 +146,6 @@ def _agent(source: str, name: str, handler: Any, concurrency: int) -> None:
 
 
 if runs_status_flows(settings):
-    _agent("notifications.status", DISPATCH, dispatch, 1)
     # Concurrent: the agents share the partitions' queue, and Faust commits an offset only
     # once every event before it is done. Order between deliveries is not promised.
     _agent("webhooks.outgoing", DELIVER, deliver, settings.webhook_delivery_concurrency)

@@ -356,8 +356,9 @@ class Pipeline:
         """The consumer groups of this pipeline's worker parts (one per lane when split)."""
         app_id = self.settings.full_app_id
         if self.bulk_worker is None:
-            return [app_id]
-        return [app_id, f"{app_id}-bulk", f"{app_id}-status"]
+            return [app_id, f"{app_id}-loop"]
+        # The status part's batched loop (streams/stages/status_loop.py) has its own group.
+        return [app_id, f"{app_id}-bulk", f"{app_id}-status", f"{app_id}-status-loop"]
 
     def progress_report(self) -> str:
         """Each worker group's committed offset against the end offset, per stage partition
