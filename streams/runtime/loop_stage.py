@@ -15,12 +15,14 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from confluent_kafka import Message
 from faust import Service
 
 from core import tracing
+from core.logs import processing, trace_id_of
 from schemas import RegistryUnavailableError
 from streams.runtime import metrics
 from streams.runtime.app import app, catalog, codec
@@ -142,15 +144,35 @@ def dead_letter_output(stage: str, message: Message, error: BaseException) -> Ou
     )
 
 
-def timed(stage: str, handler: Handler) -> Handler:
-    """`handler` with the per-message handling time the agents report (metrics.handled)."""
+def timed(stage: str, group: str, handler: Handler) -> Handler:
+    """`handler` as the agents run theirs (streams.runtime.events.guarded): its logs carry
+    the stage and trace id, a CONSUMER span when spans are exported, and its handling time
+    goes to metrics.handled."""
 
     async def run(message: Message, context: Context) -> None:
-        started = time.perf_counter()
-        await handler(message, context)
-        metrics.handled(stage, time.perf_counter() - started)
+        headers = message.headers() or []
+        trace_id = trace_id_of(tracing.header_text(headers, "traceparent"))
+        with processing(stage, trace_id), _consuming(message, headers, group, stage):
+            started = time.perf_counter()
+            await handler(message, context)
+            metrics.handled(stage, time.perf_counter() - started)
 
     return run
+
+
+def _consuming(
+    message: Message, headers: Any, group: str, stage: str
+) -> AbstractContextManager[None]:
+    if not tracing.spans_exported():
+        return nullcontext()
+    return tracing.consuming(
+        headers,
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        group=group,
+        stage=stage,
+    )
 
 
 class LoopService(Service):

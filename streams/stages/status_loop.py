@@ -24,11 +24,16 @@ from streams.webhooks import subscriptions as webhook_subscriptions
 _receipts_topic = catalog.name("notifications.receipts")
 
 
+GROUP = f"{app.conf.id}-loop"
+_on_receipt = timed(receipts.STAGE, GROUP, receipts.handle)
+_on_status = timed(STAGE, GROUP, handle_status)
+
+
 async def _handle(message: Message, context: Context) -> None:
     if message.topic() == _receipts_topic:
-        await receipts.handle(message, context)
+        await _on_receipt(message, context)
     else:
-        await handle_status(message, context)
+        await _on_status(message, context)
 
 
 def _dead_letter(message: Message, error: BaseException) -> Output:
@@ -41,10 +46,10 @@ status_loop = BatchLoop(
     settings=settings,
     # Its own group: Faust's group runs Faust's assignor. A partition it never committed
     # on starts where the Faust agents of before stopped.
-    group_id=f"{app.conf.id}-loop",
+    group_id=GROUP,
     start_from_group=app.conf.id,
     topics=[catalog.name("notifications.status"), _receipts_topic],
-    handler=timed(STAGE, _handle),
+    handler=_handle,
     dead_letter=_dead_letter,
     tables=[notification_state.changelog, receipts.receipts_seen.changelog],
     transient=TRANSIENT,

@@ -247,3 +247,60 @@ async def test_a_lone_message_on_an_idle_loop_is_not_held_back(
         await wait_handled(loop, 1, seconds=10)
     # The loop's own wait for more is 10 ms; the rest is the broker and the fetcher.
     assert seen[0] - sent < 0.5, f"handled {seen[0] - sent:.3f}s after it was produced"
+
+
+async def test_a_partition_never_committed_starts_where_the_other_group_stopped(
+    kafka_bootstrap: str, names: dict[str, str]
+) -> None:
+    """A stage moved off a Faust agent continues at the agent's group's offsets instead of
+    re-reading its topic from the start (start_from_group)."""
+    produce_all(kafka_bootstrap, names["source"], [(b"k%d" % i, b"old%02d" % i) for i in range(40)])
+    # The "Faust" group had handled the first 40: commit their ends.
+    watermarks = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "wm"})
+    ends = [
+        TopicPartition(
+            names["source"],
+            p,
+            watermarks.get_watermark_offsets(TopicPartition(names["source"], p), 10)[1],
+        )
+        for p in range(PARTITIONS)
+    ]
+    watermarks.close()
+    before = Consumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": f"{names['source']}-faust"}
+    )
+    before.commit(offsets=ends, asynchronous=False)
+    before.close()
+    produce_all(kafka_bootstrap, names["source"], [(b"k%d" % i, b"new%02d" % i) for i in range(20)])
+
+    seen: list[bytes] = []
+    rebalances: list[int] = []
+
+    async def handle(message: Message, out: Context) -> None:
+        seen.append(message.value())
+
+    loop = make_loop(
+        kafka_bootstrap,
+        names,
+        handle,
+        start_from_group=f"{names['source']}-faust",
+        on_rebalance=lambda: rebalances.append(1),
+    )
+    async with running(loop):
+        await wait_handled(loop, 20)
+        await asyncio.sleep(1.0)  # anything from before the other group's offsets would show
+    assert sorted(seen) == sorted(b"new%02d" % i for i in range(20))
+    assert rebalances, "on_rebalance was not called on assignment"
+
+    # Its own commits win from then on: a restart reads nothing again.
+    again: list[bytes] = []
+
+    async def handle_again(message: Message, out: Context) -> None:
+        again.append(message.value())
+
+    loop = make_loop(
+        kafka_bootstrap, names, handle_again, start_from_group=f"{names['source']}-faust"
+    )
+    async with running(loop):
+        await asyncio.sleep(2.0)
+    assert again == []
