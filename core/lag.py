@@ -184,8 +184,27 @@ class ConsumerLag(Collector):
         )
 
 
-def register(settings: Settings, group: str) -> ConsumerLag:
-    """Report `group`'s lag on this process's /metrics."""
-    collector = ConsumerLag(settings, group)
+class GroupsLag(Collector):
+    """Several groups' lag as one pair of metric families (a process with a Faust consumer
+    and a batched loop has two groups; the families may be registered only once)."""
+
+    def __init__(self, groups: list[ConsumerLag]) -> None:
+        self.groups = groups
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from ConsumerLag._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        messages, seconds = ConsumerLag._families()
+        for group in self.groups:
+            for family, merged in zip(group.collect(), (messages, seconds), strict=True):
+                merged.samples.extend(family.samples)
+        yield messages
+        yield seconds
+
+
+def register(settings: Settings, *groups: str) -> GroupsLag:
+    """Report the lag of each of `groups` on this process's /metrics."""
+    collector = GroupsLag([ConsumerLag(settings, group) for group in groups])
     REGISTRY.register(collector)
     return collector

@@ -36,7 +36,12 @@ def serve_health(app: faust.App, settings: Settings) -> None:
         stall_seconds=settings.health_stall_seconds,
         checks={"group": group},
     )
-    register_lag(settings, app.conf.id)  # Faust's consumer group is the app id
+    groups = [app.conf.id]  # Faust's consumer group is the app id
+    if runs_status_flows(settings):
+        from streams.stages.status_loop import GROUP
+
+        groups.append(GROUP)  # the status stage's batched loop
+    register_lag(settings, *groups)
     serve(health, settings.metrics_port or 0, settings.metrics_host)
 
 

@@ -524,6 +524,9 @@ def test_worker_and_sink_report_their_consumer_lag(pipeline: Pipeline) -> None:
 
     # Committed within a second, read every 5 s: the worker's group on its input ...
     wait_until(lambda: caught_up(pipeline.metrics_port, requests_topic, group), 30, "lag 0")
+    # ... the status stage's batched loop's, a group of its own, on the status topic ...
+    loop_group = f"{group}-loop"
+    wait_until(lambda: caught_up(pipeline.metrics_port, status_topic, loop_group), 30, "loop lag 0")
     # ... and the sink's on the status topic.
     sink_group = f"{group}-postgres-sink"
     wait_until(

@@ -89,7 +89,9 @@ def test_no_import_circles() -> None:
 
 def test_the_six_stages_are_in_streams_stages() -> None:
     found = sorted(p.stem for p in (ROOT / "streams" / "stages").glob("*.py"))
-    assert found == sorted([*STAGES, "__init__"])
+    # status_loop: the status stage's batched loop, which also runs the receipts (it imports
+    # streams.receipts, which imports the stage: it cannot live in status.py).
+    assert found == sorted([*STAGES, "__init__", "status_loop"])
 
 
 def test_the_graph_sees_imports() -> None:
